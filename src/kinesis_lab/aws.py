@@ -1,0 +1,98 @@
+"""Connecting to the chosen target. On ``local`` the only difference from AWS is the endpoint
+(``AWS_ENDPOINT_URL``) and dummy credentials; every call after this is plain boto3."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import boto3
+
+from kinesis_lab import stack
+from kinesis_lab.config import LabConfig
+
+COST_OPT_IN_VAR = "LAB_CONFIRM_AWS_COSTS"
+ALREADY_EXISTS_CODES = {"EntityAlreadyExists", "ResourceInUseException", "BucketAlreadyOwnedByYou"}
+
+
+class CostOptInRequired(RuntimeError):
+    """Creating real (paid) AWS resources needs an explicit opt-in."""
+
+
+@dataclass(frozen=True)
+class LabSession:
+    cfg: LabConfig
+    account_id: str
+    bucket: str
+    endpoint: str | None  # None on aws
+
+    def client(self, service: str):
+        return boto3.client(service, region_name=self.cfg.region)
+
+    @property
+    def stream_arn(self) -> str:
+        return f"arn:aws:kinesis:{self.cfg.region}:{self.account_id}:stream/{self.cfg.stream_name}"
+
+    @property
+    def firehose_role_arn(self) -> str:
+        return f"arn:aws:iam::{self.account_id}:role/{self.cfg.firehose_role_name}"
+
+    @property
+    def uc_role_arn(self) -> str:
+        return f"arn:aws:iam::{self.account_id}:role/{self.cfg.uc_role_name}"
+
+
+def cost_opt_in_given(confirm: bool | None = None) -> bool:
+    return bool(confirm) or os.environ.get(COST_OPT_IN_VAR, "") in ("1", "true", "yes")
+
+
+def require_cost_opt_in(confirm: bool | None = None) -> None:
+    if not cost_opt_in_given(confirm):
+        raise CostOptInRequired(
+            "target 'aws' creates real resources that cost money: set LAB_CONFIRM_AWS_COSTS=1 "
+            "(or the notebook parameter confirm_aws_costs=True) to go ahead, or use target 'local'"
+        )
+
+
+def _forget_local_endpoint() -> None:
+    """On aws, never send requests to a leftover local endpoint or with the dummy keys."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    if stack.HOST in endpoint or "localhost" in endpoint:
+        os.environ.pop("AWS_ENDPOINT_URL", None)
+        for key, value in stack.DUMMY_CREDENTIALS.items():
+            if os.environ.get(key) == value:
+                os.environ.pop(key, None)
+
+
+def use_local_stack(cfg: LabConfig, start: bool = True) -> str:
+    """Point this process's boto3 at the local stack (starting it if asked). Returns the endpoint."""
+    st = stack.status(cfg.state_dir)
+    if not st["up"]:
+        if not start:
+            raise stack.StackError("the local stack is not running: start it with `kinesis-lab up` (or run notebook 00)")
+        state, _ = stack.up(cfg.state_dir, cfg.region)
+        endpoint = state.endpoint
+    else:
+        endpoint = st["endpoint"]
+    os.environ.update(stack.local_env(endpoint, cfg.region))
+    return endpoint
+
+
+def connect(cfg: LabConfig, start_stack: bool = True, confirm_aws_costs: bool | None = None) -> LabSession:
+    """Make plain ``boto3.client(...)`` calls reach the target, and learn the account id."""
+    endpoint = None
+    if cfg.is_local:
+        endpoint = use_local_stack(cfg, start=start_stack)
+    else:
+        require_cost_opt_in(confirm_aws_costs)
+        _forget_local_endpoint()
+    account_id = boto3.client("sts", region_name=cfg.region).get_caller_identity()["Account"]
+    return LabSession(cfg=cfg, account_id=account_id, bucket=cfg.bucket_name(account_id), endpoint=endpoint)
+
+
+def error_code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
+def is_already_exists(exc: Exception) -> bool:
+    return error_code(exc) in ALREADY_EXISTS_CODES

@@ -1,0 +1,134 @@
+"""``kinesis-lab``: the local stack, the environment checks, the producer and the whole demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from kinesis_lab import doctor, stack
+from kinesis_lab.config import ConfigError, load_config
+
+
+class CliError(Exception):
+    """Printed as one line ``kinesis-lab: error: ...`` with exit code 2."""
+
+
+def _cfg(args):
+    return load_config(target=getattr(args, "target", None))
+
+
+def cmd_up(args) -> int:
+    cfg = _cfg(args)
+    if not cfg.is_local:
+        raise CliError("`up` starts the local stack; target is 'aws', where AWS itself runs the services "
+                       "(unset LAB_TARGET or pass --target local)")
+    try:
+        state, started = stack.up(cfg.state_dir, cfg.region, port=args.port)
+    except stack.StackError as exc:
+        raise CliError(str(exc)) from exc
+    if started:
+        print(f"local stack up: moto at {state.endpoint} (pid {state.moto_pid}), "
+              f"local Firehose delivery (pid {state.firehose_pid})")
+    else:
+        print(f"local stack already up at {state.endpoint} (moto pid {state.moto_pid}, Firehose pid {state.firehose_pid})")
+    print(f"environment for boto3 / AWS CLI: {stack.env_file(cfg.state_dir)}")
+    return 0
+
+
+def cmd_down(args) -> int:
+    cfg = _cfg(args)
+    stopped = stack.down(cfg.state_dir)
+    print(f"local stack stopped (pids {', '.join(map(str, stopped))})" if stopped else "local stack was not running")
+    return 0
+
+
+def cmd_status(args) -> int:
+    cfg = _cfg(args)
+    st = stack.status(cfg.state_dir)
+    if args.json:
+        print(json.dumps(st, indent=2))
+    elif st["endpoint"] is None:
+        print("local stack: not running (start it with `kinesis-lab up`)")
+    else:
+        for name in ("moto", "firehose"):
+            p = st[name]
+            print(f"{name:9} pid {p['pid']:>7}  {'running' if p['running'] else 'NOT running'}")
+        print(f"endpoint  {st['endpoint']}")
+    return 0 if st["up"] or st["endpoint"] is None else 1
+
+
+def cmd_doctor(args) -> int:
+    cfg = _cfg(args)
+    checks = doctor.run_checks(cfg.home, cfg.state_dir, include_stack=cfg.is_local)
+    for c in checks:
+        print(f"[{'ok' if c.ok else 'FAIL':4}] {c.name:12} {c.detail}" + (f"\n       fix: {c.fix}" if not c.ok else ""))
+    print(f"target: {cfg.target}  region: {cfg.region}")
+    # a stopped stack is not a broken environment: notebooks start it
+    return 0 if all(c.ok for c in checks if c.name != "local stack") else 1
+
+
+def cmd_produce(args) -> int:
+    from kinesis_lab import aws, producer
+
+    cfg = load_config(target=args.target, stream_name=args.stream)
+    session = aws.connect(cfg, start_stack=False)
+    result = producer.produce_file(
+        args.dataset,
+        stream_name=cfg.stream_name,
+        kinesis=session.client("kinesis"),
+        simulated_failure_rate=args.simulated_failure_rate,
+        progress=not args.json,
+    )
+    out = result.as_dict()
+    print(json.dumps(out, indent=2) if args.json else "\n".join(f"{k:22} {v}" for k, v in out.items()))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from kinesis_lab import demo
+
+    return demo.run_demo(dataset=args.dataset, simulated_failure_rate=args.simulated_failure_rate,
+                         notebooks=args.notebooks, keep_stack=args.keep_stack)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kinesis-lab", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, func, help_):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--target", choices=None, help="local (default) or aws; overrides LAB_TARGET")
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = add("up", cmd_up, "start moto + the local Firehose delivery service in the background")
+    sp.add_argument("--port", type=int, help="moto's port on 127.0.0.1 (default: a free one)")
+    add("down", cmd_down, "stop the processes `up` started")
+    sp = add("status", cmd_status, "show what runs")
+    sp.add_argument("--json", action="store_true")
+    add("doctor", cmd_doctor, "check Python, Java, packages, disk and the stack; print the fix for each failure")
+    sp = add("produce", cmd_produce, "send a CSV to the Kinesis stream, one JSON record per row")
+    sp.add_argument("--dataset", required=True, help="CSV path")
+    sp.add_argument("--stream", help="stream name (default: the configured one)")
+    sp.add_argument("--simulated-failure-rate", type=float, default=0.0)
+    sp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sp = add("demo", cmd_demo, "run the whole notebook series on the local stack and write build/run-summary.json")
+    sp.add_argument("--dataset", help="CSV with the course's columns (default: the shipped synthetic sample)")
+    sp.add_argument("--simulated-failure-rate", type=float, default=0.0)
+    sp.add_argument("--notebooks", nargs="*", help="only these notebook names (default: all, in order)")
+    sp.add_argument("--keep-stack", action="store_true", help="leave the local stack running afterwards")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CliError, ConfigError, stack.StackError) as exc:
+        print(f"kinesis-lab: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
