@@ -7,6 +7,7 @@ import json
 import sys
 
 from kinesis_lab import doctor, stack
+from kinesis_lab.aws import CostOptInRequired
 from kinesis_lab.config import ConfigError, load_config
 
 
@@ -89,7 +90,7 @@ def cmd_demo(args) -> int:
     from kinesis_lab import demo
 
     return demo.run_demo(dataset=args.dataset, simulated_failure_rate=args.simulated_failure_rate,
-                         notebooks=args.notebooks, keep_stack=args.keep_stack)
+                         notebooks=args.notebooks, keep_stack=args.keep_stack, in_place=args.in_place)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--simulated-failure-rate", type=float, default=0.0)
     sp.add_argument("--notebooks", nargs="*", help="only these notebook names (default: all, in order)")
     sp.add_argument("--keep-stack", action="store_true", help="leave the local stack running afterwards")
+    sp.add_argument("--in-place", action="store_true",
+                    help="write outputs into notebooks/ (to refresh the committed outputs) instead of build/notebooks/")
     return p
 
 
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ConfigError, stack.StackError) as exc:
+    except (CliError, ConfigError, stack.StackError, CostOptInRequired) as exc:
         print(f"kinesis-lab: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,60 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is a convenience.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+NBVAL_ARGS := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+
+.PHONY: help install demo test lint unit nbval lab up down status doctor notebooks clean
+
+help:
+	@echo "make demo [DATASET=path.csv] [FAILURE_RATE=0.3]  run the whole series locally, write build/run-summary.json"
+	@echo "make test                                         ruff + the whole pytest suite (stack, Spark, notebooks)"
+	@echo "make lab | up | down | status | doctor | notebooks | clean"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/kinesis-lab demo $(if $(DATASET),--dataset "$(abspath $(DATASET))") $(if $(FAILURE_RATE),--simulated-failure-rate $(FAILURE_RATE))
+
+test: install lint
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(NBVAL_ARGS) notebooks
+
+lint: install
+	$(BIN)/ruff check .
+
+unit: install
+	$(BIN)/python -m pytest tests -m "not notebooks" $(PYTEST_ARGS)
+
+nbval: install
+	$(BIN)/python -m pytest $(NBVAL_ARGS) notebooks
+
+lab: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,lab]'
+	$(BIN)/kinesis-lab up
+	set -a; source .lab/local.env; set +a; cd notebooks && ../$(BIN)/jupyter lab
+
+up: install
+	$(BIN)/kinesis-lab up
+
+down:
+	@test -x $(BIN)/kinesis-lab && $(BIN)/kinesis-lab down || true
+
+status: install
+	$(BIN)/kinesis-lab status
+
+doctor: install
+	$(BIN)/kinesis-lab doctor
+
+notebooks: install
+	$(BIN)/kinesis-lab demo --in-place $(if $(DATASET),--dataset "$(abspath $(DATASET))")
+
+clean: down
+	rm -rf build .lab

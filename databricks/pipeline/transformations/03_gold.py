@@ -1,0 +1,39 @@
+"""Gold: materialized views over silver, recomputed on each update."""
+
+import medallion
+from pyspark import pipelines as dp
+from pyspark.sql import DataFrame
+
+TOP_COUNTRIES = 10
+
+
+@dp.materialized_view(
+    name="gold_rate_by_region_year",
+    comment="Per Region and Year (Gender = Total): mean, min, max rate; countries; estimated children.",
+)
+def gold_rate_by_region_year() -> DataFrame:
+    return medallion.rate_by_region_year(spark.read.table("silver_events"))  # noqa: F821
+
+
+@dp.materialized_view(
+    name="gold_top_countries_latest",
+    comment=f"The {TOP_COUNTRIES} countries with the highest child labour rate in their latest year.",
+)
+def gold_top_countries_latest() -> DataFrame:
+    return medallion.top_countries_latest_rate(spark.read.table("silver_events"), n=TOP_COUNTRIES)  # noqa: F821
+
+
+@dp.materialized_view(
+    name="gold_gender_comparison",
+    comment="Female vs male rate per Country, Year and Age_Group, and the gap.",
+)
+def gold_gender_comparison() -> DataFrame:
+    return medallion.gender_comparison(spark.read.table("silver_events"))  # noqa: F821
+
+
+@dp.materialized_view(
+    name="gold_quarantine_by_rule",
+    comment="How many quarantined rows break each quality rule.",
+)
+def gold_quarantine_by_rule() -> DataFrame:
+    return medallion.quarantine_by_rule(spark.read.table("silver_quarantine"))  # noqa: F821

@@ -1,0 +1,102 @@
+"""``make demo`` / ``kinesis-lab demo``: run the notebook series in order with papermill on the local stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from kinesis_lab import stack
+from kinesis_lab.config import load_config
+from kinesis_lab.summary import read_summary, reconciliation_problems, summary_path
+
+NOTEBOOK_PATTERN = re.compile(r"^\d\d_.+\.ipynb$")
+# what a fresh demo run starts without, under the build folder
+RUN_ARTIFACTS = ("notebooks", "pipeline", "external_location", "run-summary.json", "figures", "demo-stack")
+
+
+def series(notebooks_dir: Path) -> list[Path]:
+    """The numbered notebooks, in order (99_teardown last)."""
+    return sorted(p for p in notebooks_dir.iterdir() if NOTEBOOK_PATTERN.match(p.name))
+
+
+def parameters_for(notebook: Path, wanted: dict) -> dict:
+    """Only the parameters this notebook declares in its `parameters` cell."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    return {k: v for k, v in wanted.items() if k in declared and v is not None}
+
+
+def sanitise_outputs(path: Path, home: Path) -> None:
+    """Stored outputs must not carry this machine's paths (the account id on local is moto's placeholder)."""
+    text = path.read_text(encoding="utf-8")
+    text = text.replace(str(home), "<repo>")
+    path.write_text(text, encoding="utf-8")
+
+
+def run_demo(dataset: str | None = None, simulated_failure_rate: float = 0.0, notebooks: list[str] | None = None,
+             keep_stack: bool = False, in_place: bool = False) -> int:
+    import papermill
+
+    cfg = load_config(target="local")
+    home, build = cfg.home, cfg.build_dir
+    nb_dir = home / "notebooks"
+    chosen = series(nb_dir)
+    if notebooks:
+        chosen = [p for p in chosen if p.stem in notebooks or p.name in notebooks or p.stem[:2] in notebooks]
+    if not in_place:
+        for name in RUN_ARTIFACTS:
+            target = build / name
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    # a private stack for the run, so a learner's own `kinesis-lab up` state is untouched
+    state_dir = build / "demo-stack"
+    os.environ["LAB_STATE_DIR"] = str(state_dir)
+    os.environ["LAB_TARGET"] = "local"
+    out_dir = build / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wanted = {"dataset": dataset, "simulated_failure_rate": simulated_failure_rate or None, "target": "local"}
+
+    timings = []
+    print(f"running {len(chosen)} notebooks on the local stack -> {out_dir}")
+    try:
+        for nb in chosen:
+            output = nb if in_place else out_dir / nb.name
+            started = time.monotonic()
+            print(f"  {nb.name:45}", end="", flush=True)
+            try:
+                papermill.execute_notebook(str(nb), str(output), parameters=parameters_for(nb, wanted),
+                                           cwd=str(nb_dir), kernel_name="python3", progress_bar=False)
+            except papermill.PapermillExecutionError as exc:
+                print("FAILED")
+                print(f"\nnotebook {nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
+                      f"see {output}")
+                return 1
+            seconds = time.monotonic() - started
+            timings.append((nb.name, round(seconds, 1)))
+            if in_place:
+                sanitise_outputs(output, home)
+            print(f"{seconds:6.1f} s")
+    finally:
+        if not keep_stack:
+            stack.down(state_dir)
+
+    summary = read_summary(build)
+    summary["notebook_seconds"] = dict(timings)
+    summary["total_seconds"] = round(sum(t for _, t in timings), 1)
+    summary_path(build).parent.mkdir(parents=True, exist_ok=True)
+    summary_path(build).write_text(json.dumps(summary, indent=2, sort_keys=True))
+    print(f"\nrun summary: {summary_path(build)}")
+    for key in ("csv_rows", "malformed_rows", "records_sent", "records_retried", "s3_objects", "s3_records",
+                "bronze_rows", "silver_rows", "quarantine_rows", "total_seconds"):
+        if key in summary:
+            print(f"  {key:22} {summary[key]}")
+    problems = reconciliation_problems(summary)
+    if problems:
+        print("\nthe run does NOT reconcile:\n  " + "\n  ".join(problems))
+        return 1
+    print("  every hop reconciles")
+    return 0

@@ -1,0 +1,95 @@
+"""Reading back what Firehose wrote to S3, and reconciling it against what the producer sent."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LandedObject:
+    key: str
+    size: int
+    records: int
+    unparsed_lines: int
+
+
+@dataclass
+class Landing:
+    objects: list[LandedObject] = field(default_factory=list)
+    event_ids: Counter = field(default_factory=Counter)
+    unparsed_lines: int = 0
+
+    @property
+    def records(self) -> int:
+        return sum(o.records for o in self.objects)
+
+
+def static_prefix(prefix: str) -> str:
+    """The part of a Firehose prefix before its first ``!{...}`` expression: what to list in S3."""
+    return re.split(r"!\{", prefix, maxsplit=1)[0]
+
+
+def read_object_lines(body: bytes, key: str) -> list[bytes]:
+    if key.endswith(".gz"):
+        body = gzip.decompress(body)
+    return [line for line in body.split(b"\n") if line.strip()]
+
+
+def read_landing(s3, bucket: str, prefix: str, seen: dict[str, LandedObject] | None = None,
+                 event_ids: Counter | None = None) -> Landing:
+    """List every object under ``prefix`` and count its JSON lines and event ids. Objects already in ``seen``
+    (key -> LandedObject) are not downloaded again, so polling costs one read per new object."""
+    seen = {} if seen is None else seen
+    ids = Counter() if event_ids is None else event_ids
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            if item["Key"] in seen:
+                continue
+            body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            records, unparsed = 0, 0
+            for line in read_object_lines(body, item["Key"]):
+                records += 1
+                try:
+                    ids[json.loads(line)["event_id"]] += 1
+                except (ValueError, KeyError, TypeError):
+                    unparsed += 1
+            seen[item["Key"]] = LandedObject(item["Key"], item["Size"], records, unparsed)
+    objects = sorted(seen.values(), key=lambda o: o.key)
+    return Landing(objects=objects, event_ids=ids, unparsed_lines=sum(o.unparsed_lines for o in objects))
+
+
+def wait_for_landing(s3, bucket: str, prefix: str, expected_ids: set[str], timeout: float,
+                     poll: float = 1.0, on_progress: Callable[[int], None] | None = None) -> Landing:
+    """Poll S3 until every expected event id has landed, or ``timeout`` seconds passed (then return what
+    landed: the caller reports what is missing)."""
+    seen: dict[str, LandedObject] = {}
+    ids: Counter = Counter()
+    deadline = time.monotonic() + timeout
+    while True:
+        landing = read_landing(s3, bucket, prefix, seen, ids)
+        found = len(expected_ids.intersection(landing.event_ids))
+        if on_progress:
+            on_progress(found)
+        if found == len(expected_ids) or time.monotonic() > deadline:
+            return landing
+        time.sleep(poll)
+
+
+def reconcile(expected_ids: Iterable[str], landing: Landing) -> dict:
+    """Every id sent is in S3, none twice, nothing unknown: the figures for the run summary."""
+    expected = set(expected_ids)
+    landed = landing.event_ids
+    return {
+        "s3_objects": len(landing.objects),
+        "s3_records": landing.records,
+        "s3_unparsed_lines": landing.unparsed_lines,
+        "missing_event_ids": len(expected - set(landed)),
+        "s3_duplicate_event_ids": sum(1 for n in landed.values() if n > 1),
+        "unexpected_event_ids": len(set(landed) - expected),
+    }

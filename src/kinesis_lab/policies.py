@@ -1,0 +1,202 @@
+"""The lab's IAM policies: JSON templates in ``aws-policy/`` filled with ``${placeholders}``.
+
+``render_policy`` fills one template; ``firehose_policies`` / ``uc_policies`` fill the sets a role needs;
+``policy_diff`` shows what changes between two versions; ``lint_policy`` runs parliament (an IAM linter).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import string
+from pathlib import Path
+from typing import Any
+
+POLICY_DIR = Path(__file__).resolve().parents[2] / "aws-policy"
+
+# Databricks' Unity Catalog master role (AWS commercial regions); it assumes the storage-credential role
+UC_MASTER_ROLE_ARN = "arn:aws:iam::414351767826:role/unity-catalog-prod-UCMasterRole-14S5ZJVKOTYTL"
+
+# the log stream Firehose writes delivery errors to; the delivery-stream request must use the same name
+FIREHOSE_LOG_STREAM = "DestinationDelivery"
+
+FIREHOSE_TEMPLATES = {"trust": "firehose-trust-policy", "permissions": "firehose-permissions-policy"}
+UC_TEMPLATES = {"trust": "uc-trust-policy", "permissions": "uc-permissions-policy"}
+UC_FILE_EVENTS_TEMPLATE = "uc-file-events-policy"
+
+
+class PolicyTemplateError(ValueError):
+    """A template is missing, or a placeholder has no value; the message names what to pass."""
+
+
+def template_path(name: str) -> Path:
+    """``aws-policy/<name>.json`` (the ``.json`` suffix is optional in ``name``)."""
+    file_name = name if name.endswith(".json") else f"{name}.json"
+    path = POLICY_DIR / file_name
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in POLICY_DIR.glob("*.json")))
+        raise PolicyTemplateError(f"no policy template {file_name!r} in {POLICY_DIR} (known: {known})")
+    return path
+
+
+def placeholders(name: str) -> set[str]:
+    """The ``${...}`` names a template needs."""
+    return set(string.Template(template_path(name).read_text()).get_identifiers())
+
+
+def render_policy(name: str, **values: Any) -> dict:
+    """Fill template ``name`` with ``values`` and parse it. Extra values are ignored, so one dict of
+    settings can fill every template; a missing one raises ``PolicyTemplateError``."""
+    text = template_path(name).read_text()
+    missing = sorted(placeholders(name) - set(values))
+    if missing:
+        raise PolicyTemplateError(
+            f"policy template {name!r} needs a value for: {', '.join(missing)} "
+            f"(pass {', '.join(f'{m}=...' for m in missing)})"
+        )
+    for key, value in values.items():
+        # a quote or backslash would change the JSON's structure, not just a string in it
+        if isinstance(value, str) and re.search(r'["\\\n]', value):
+            raise PolicyTemplateError(
+                f"value for {key!r} must not contain quotes, backslashes or newlines: {value!r}"
+            )
+    filled = string.Template(text).substitute({k: str(v) for k, v in values.items()})
+    return json.loads(filled)
+
+
+def firehose_values(session=None, **values: Any) -> dict:
+    """Placeholder values for the Firehose role, from a ``LabSession`` (``aws.connect``) and/or keywords
+    (keywords win): account_id, region, bucket, stream_name, log_group, log_stream."""
+    filled: dict[str, Any] = {"log_stream": FIREHOSE_LOG_STREAM}
+    if session is not None:
+        cfg = session.cfg
+        filled.update(
+            account_id=session.account_id,
+            region=cfg.region,
+            bucket=session.bucket,
+            stream_name=cfg.stream_name,
+            log_group=cfg.log_group,
+        )
+    filled.update(values)
+    return filled
+
+
+def firehose_policies(session=None, **values: Any) -> dict[str, dict]:
+    """``{"trust": ..., "permissions": ...}`` for the role Firehose assumes to read Kinesis and write S3."""
+    filled = firehose_values(session, **values)
+    return {kind: render_policy(name, **filled) for kind, name in FIREHOSE_TEMPLATES.items()}
+
+
+def uc_values(session=None, *, external_id: str | None = None, **values: Any) -> dict:
+    """Placeholder values for the Unity Catalog role: account_id, role_name, bucket, region, external_id,
+    uc_master_role_arn (default: Databricks' commercial-AWS UC master role)."""
+    filled: dict[str, Any] = {"uc_master_role_arn": UC_MASTER_ROLE_ARN}
+    if session is not None:
+        filled.update(
+            account_id=session.account_id,
+            role_name=session.cfg.uc_role_name,
+            bucket=session.bucket,
+            region=session.cfg.region,
+        )
+    if external_id is not None:
+        filled["external_id"] = external_id
+    filled.update(values)
+    return filled
+
+
+def uc_policies(
+    session=None, *, external_id: str | None = None, file_events: bool = False, **values: Any
+) -> dict[str, dict]:
+    """``{"trust", "bootstrap_trust", "permissions"}`` (+ ``"file_events"`` if asked) for the role behind the
+    Unity Catalog storage credential. ``bootstrap_trust`` names only the UC master role: AWS rejects a
+    trust policy naming a role that does not exist yet, so the role is created with it first."""
+    filled = uc_values(session, external_id=external_id, **values)
+    out = {kind: render_policy(name, **filled) for kind, name in UC_TEMPLATES.items()}
+    out["bootstrap_trust"] = without_principal(
+        out["trust"], role_arn(filled["account_id"], filled["role_name"])
+    )
+    if file_events:
+        out["file_events"] = render_policy(UC_FILE_EVENTS_TEMPLATE, **filled)
+    return out
+
+
+def role_arn(account_id: str, role_name: str) -> str:
+    return f"arn:aws:iam::{account_id}:role/{role_name}"
+
+
+def without_principal(policy: dict, principal_arn: str) -> dict:
+    """A copy of a trust policy with one AWS principal removed from every statement."""
+    copy = json.loads(json.dumps(policy))
+    for statement in copy["Statement"]:
+        aws = statement.get("Principal", {}).get("AWS")
+        if isinstance(aws, list):
+            kept = [p for p in aws if p != principal_arn]
+            statement["Principal"]["AWS"] = kept[0] if len(kept) == 1 else kept
+    return copy
+
+
+def canonical(policy: dict | str) -> dict:
+    """A policy in a comparable form: IAM may return it as a JSON string, turn a one-item list of strings
+    into a string and reorder lists; none of that changes its meaning."""
+    if isinstance(policy, str):
+        policy = json.loads(policy)
+
+    def norm(node):
+        if isinstance(node, dict):
+            return {k: norm(v) for k, v in node.items()}
+        if isinstance(node, list):
+            items = [norm(v) for v in node]
+            if len(items) == 1 and isinstance(items[0], str):
+                return items[0]  # ["x"] and "x" mean the same for actions, resources and principals
+            return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
+        return node
+
+    return norm(policy)
+
+
+def policy_diff(old: dict | None, new: dict, old_label: str = "before", new_label: str = "after") -> str:
+    """A unified diff of the two policies as sorted, indented JSON; ``""`` when they mean the same."""
+    old_c = canonical(old) if old else {}
+    new_c = canonical(new)
+    if old_c == new_c:
+        return ""
+
+    def lines(p):
+        return json.dumps(p, indent=2, sort_keys=True).splitlines(keepends=True)
+
+    return "".join(
+        difflib.unified_diff(lines(old_c) if old else [], lines(new_c), fromfile=old_label, tofile=new_label)
+    )
+
+
+def lint_policy(policy: dict | str, *, trust_role_arn: str | None = None) -> list[dict]:
+    """Parliament's findings for a policy, as ``{"issue", "severity", "title", "detail", "location"}``.
+
+    Parliament lints identity policies; a trust policy has no ``Resource`` (the role it is attached to is
+    the resource), which parliament reports as MALFORMED. So a trust policy is linted with that implicit
+    resource written out: ``trust_role_arn``, or any role if not given."""
+    # imported here: parliament loads a large IAM definition file
+    from parliament import analyze_policy_string, enhance_finding
+
+    doc = json.loads(policy) if isinstance(policy, str) else json.loads(json.dumps(policy))
+    for statement in _statements(doc):
+        if "Principal" in statement and "Resource" not in statement and "NotResource" not in statement:
+            statement["Resource"] = trust_role_arn or "arn:aws:iam::*:role/*"
+    analyzed = analyze_policy_string(json.dumps(doc), include_community_auditors=False)
+    findings = [enhance_finding(f) for f in analyzed.findings]  # adds severity and title
+    return [
+        {
+            "issue": f.issue,
+            "severity": f.severity,
+            "title": f.title,
+            "detail": f.detail,
+            "location": f.location,
+        }
+        for f in findings
+    ]
+
+
+def _statements(policy: dict) -> list[dict]:
+    statements = policy.get("Statement", [])
+    return statements if isinstance(statements, list) else [statements]

@@ -1,0 +1,553 @@
+"""Send a CSV file to a Kinesis data stream: one JSON record (plus ``\\n``) per line.
+
+What it does differently from the original course's producer (iterrows, batches of 100, a 0.1 s sleep
+per batch, random partition keys, failed entries never resent):
+
+- streams the file (binary, line by line): memory stays flat whatever the file size;
+- every value is sent as the raw CSV text; typing is the silver layer's job;
+- ``event_id`` = uuid5 over (sha256 of the file, line number): rerunning the same file gives the same
+  ids, so downstream can drop repeats; it is also the partition key (spreads over shards);
+- a line that cannot be parsed is not skipped: it travels as a marker record
+  (``"malformed": true``, ``error``, ``raw_line``) and ends in quarantine downstream;
+- batches respect the PutRecords limits (500 records, 5 MiB with partition keys, 1 MiB per record);
+  a record over 1 MiB becomes a marker (``error`` "record over 1 MiB ...") so nothing is lost;
+- failed entries (and throttled calls) are resent with exponential backoff and full jitter until
+  all are delivered, or a ``DeliveryError`` says how many were not.
+
+One CSV record per physical line: the dataset has no multi-line fields, and a quote left open at the
+end of a line marks that line malformed instead of swallowing the rest of the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ClientError
+
+from kinesis_lab.dataset import COLUMNS, header_problems
+
+MAX_RECORDS_PER_CALL = 500
+MAX_BYTES_PER_CALL = 5 * 1024 * 1024  # data + partition keys
+MAX_RECORD_BYTES = 1024 * 1024  # data + partition key
+BACKOFF_BASE_SECONDS = 0.05
+BACKOFF_CAP_SECONDS = 2.0
+RAW_LINE_KEEP_CHARS = 4096  # how much of an oversize line its marker keeps
+READ_CHUNK = 1024 * 1024
+# fixed namespace: event ids stay the same across machines and versions
+EVENT_NAMESPACE = uuid.UUID("7ba8f7ad-42a5-423b-bcf3-506a23e91beb")
+THROTTLED = "ProvisionedThroughputExceededException"
+RETRYABLE_CALL_ERRORS = {THROTTLED, "ThrottlingException", "KMSThrottlingException", "InternalFailure",
+                         "InternalFailureException", "ServiceUnavailable", "ServiceUnavailableException"}
+
+
+class HeaderError(ValueError):
+    """The CSV header does not have the course's columns; raised before anything is sent."""
+
+
+class RecordTooLargeError(ValueError):
+    """A record over the 1 MiB PutRecords limit reached the batcher."""
+
+
+class DeliveryError(RuntimeError):
+    """Some records could not be delivered within ``max_retry_seconds``. ``result`` holds the counts
+    up to the failure; ``undelivered_lines`` the source lines of the records left over."""
+
+    def __init__(self, message: str, result: ProduceResult, undelivered_lines: list[int]):
+        super().__init__(message)
+        self.result = result
+        self.undelivered_lines = undelivered_lines
+
+
+@dataclass(slots=True)
+class Record:
+    """One Kinesis record: ``kind`` is "row" (a well-formed line), "malformed" or "oversize"."""
+
+    data: bytes
+    partition_key: str
+    event_id: str
+    line: int
+    kind: str = "row"
+
+    @property
+    def malformed(self) -> bool:
+        return self.kind != "row"
+
+    @property
+    def size(self) -> int:
+        """What counts against the PutRecords limits: data + partition key bytes."""
+        return len(self.data) + len(self.partition_key.encode("utf-8"))
+
+
+def _dump(obj: dict) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+_json_text = json.encoder.encode_basestring  # str -> JSON string literal, non-ASCII kept (C speed)
+
+
+def _utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _clock():
+    """``now()`` giving the UTC ISO-8601 time, formatted at most once per millisecond."""
+    last = [-1, ""]
+
+    def now() -> str:
+        ms = int(time.time() * 1000)
+        if ms != last[0]:
+            last[0], last[1] = ms, _utc_text(datetime.fromtimestamp(ms / 1000, UTC))
+        return last[1]
+
+    return now
+
+
+def scan_file(path: str | Path) -> tuple[str, int]:
+    """(sha256 hex of the bytes, number of physical lines), reading the file once in chunks."""
+    digest, lines, last = hashlib.sha256(), 0, b""
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(READ_CHUNK):
+            digest.update(chunk)
+            lines += chunk.count(b"\n")
+            last = chunk
+    if last and not last.endswith(b"\n"):
+        lines += 1
+    return digest.hexdigest(), lines
+
+
+def event_id_for(file_sha256: str, line: int) -> str:
+    """The deterministic id of the record made from ``line`` of the file with that content."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{file_sha256}:{line}"))
+
+
+class RecordReader:
+    """Iterates the records of one CSV file. Construction hashes the file and checks its header
+    (``HeaderError``); iteration streams it. ``blank_lines`` counts lines skipped as empty."""
+
+    def __init__(self, path: str | Path, *, produced_at: datetime | str | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"CSV file not found: {self.path}")
+        self.source_file = self.path.name
+        self.file_sha256, self.total_lines = scan_file(self.path)
+        self.blank_lines = 0
+        if isinstance(produced_at, datetime):
+            produced_at = _utc_text(produced_at)
+        self._fixed_time = produced_at
+        self.columns: list[str] | None = None  # header names in file order; None: empty file
+        with self.path.open("rb") as fh:
+            header = fh.readline()
+        if header:
+            self.columns = self._parse_header(header)
+
+    @property
+    def data_lines(self) -> int:
+        """Physical lines after the header."""
+        return max(0, self.total_lines - 1)
+
+    def _parse_header(self, raw: bytes) -> list[str]:
+        try:
+            text = raw.decode("utf-8-sig").rstrip("\r\n")  # utf-8-sig drops a byte order mark
+            names = [f.strip() for f in next(csv.reader([text], strict=True), [])]
+            problems = header_problems(names) if names else ["the header line is empty"]
+        except UnicodeDecodeError:
+            problems = ["the header line is not valid UTF-8"]
+        except csv.Error as exc:
+            problems = [f"the header line is not valid CSV ({exc})"]
+        if problems:
+            raise HeaderError(
+                f"{self.source_file}: the header does not match the course's columns: {'; '.join(problems)}. "
+                f"Expected (any order): {', '.join(COLUMNS)}"
+            )
+        return names
+
+    def __iter__(self) -> Iterator[Record]:
+        if self.columns is None:
+            return
+        ncols = len(COLUMNS)
+        in_order = tuple(self.columns) == COLUMNS
+        order = [self.columns.index(c) for c in COLUMNS]
+        now = (lambda: self._fixed_time) if self._fixed_time else _clock()
+        source_file = self.source_file
+        # uuid5 = sha1(namespace bytes + name); hash the constant prefix once
+        id_prefix = hashlib.sha1(EVENT_NAMESPACE.bytes + f"{self.file_sha256}:".encode())
+
+        def make_id(line: int) -> str:  # == str(uuid.uuid5(EVENT_NAMESPACE, f"{sha}:{line}")), faster
+            h = id_prefix.copy()
+            h.update(b"%d" % line)
+            d = h.digest()
+            x = f"{d[:6].hex()}{0x50 | (d[6] & 0x0F):02x}{d[7]:02x}{0x80 | (d[8] & 0x3F):02x}{d[9:16].hex()}"
+            return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+        # a row's JSON built from a template: the 8 columns in course order, then the metadata
+        template = "{" + ",".join(
+            [f'"{c}":%s' for c in COLUMNS]
+            + ['"event_id":"%s"', '"source_file":' + _json_text(source_file).replace("%", "%%"),
+               '"source_line":%d', '"produced_at":%s']
+        ) + "}\n"
+
+        def marker(line: int, event_id: str, error: str, raw_line: str, kind: str = "malformed") -> Record:
+            obj = {"event_id": event_id, "source_file": source_file, "source_line": line, "produced_at": now(),
+                   "malformed": True, "error": error, "raw_line": raw_line}
+            data = _dump(obj)
+            if len(data) + len(event_id) > MAX_RECORD_BYTES:  # a huge bad line: keep its start only
+                obj["raw_line"] = raw_line[:RAW_LINE_KEEP_CHARS]
+                obj["raw_line_truncated"] = True
+                data = _dump(obj)
+            return Record(data, event_id, event_id, line, kind)
+
+        line = 1
+        with self.path.open("rb") as fh:
+            fh.readline()  # the header, checked in __init__
+            while raw := fh.readline(MAX_RECORD_BYTES + 1):
+                line += 1
+                event_id = make_id(line)
+                if len(raw) > MAX_RECORD_BYTES:  # never hold more than ~1 MiB of one line
+                    start = raw[:RAW_LINE_KEEP_CHARS].decode("utf-8", "replace")
+                    total = len(raw.rstrip(b"\r\n"))
+                    while not raw.endswith(b"\n") and (raw := fh.readline(READ_CHUNK)):
+                        total += len(raw.rstrip(b"\r\n"))
+                    yield marker(line, event_id, f"record over 1 MiB (line of {total} bytes)", start, "oversize")
+                    continue
+                raw = raw.rstrip(b"\r\n")
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield marker(line, event_id, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1})",
+                                 raw.decode("utf-8", "replace"))
+                    continue
+                if not text.strip():
+                    self.blank_lines += 1
+                    continue
+                if '"' not in text and "\r" not in text:
+                    fields = text.split(",")  # no quoting on this line: same result as the csv module
+                else:
+                    try:
+                        fields = next(csv.reader([text], strict=True))
+                    except csv.Error as exc:
+                        reason = "unclosed quote" if "unexpected end of data" in str(exc) else f"CSV syntax: {exc}"
+                        yield marker(line, event_id, reason, text)
+                        continue
+                if len(fields) != ncols:
+                    kind = "too many" if len(fields) > ncols else "too few"
+                    yield marker(line, event_id, f"{kind} fields ({len(fields)}, expected {ncols})", text)
+                    continue
+                if not in_order:
+                    fields = [fields[i] for i in order]
+                data = (template % (*map(_json_text, fields), event_id, line, _json_text(now()))).encode("utf-8")
+                if len(data) + len(event_id) > MAX_RECORD_BYTES:
+                    yield marker(line, event_id, f"record over 1 MiB ({len(data) + len(event_id)} bytes)",
+                                 text[:RAW_LINE_KEEP_CHARS], "oversize")
+                    continue
+                yield Record(data, event_id, event_id, line)
+
+
+def iter_records(path: str | Path, *, produced_at: datetime | str | None = None) -> Iterator[Record]:
+    """The records of a CSV file, in line order (see ``RecordReader``)."""
+    return iter(RecordReader(path, produced_at=produced_at))
+
+
+def iter_batches(records: Iterable[Record], max_records: int = MAX_RECORDS_PER_CALL,
+                 max_bytes: int = MAX_BYTES_PER_CALL) -> Iterator[list[Record]]:
+    """Group records into PutRecords calls: at most ``max_records`` and ``max_bytes`` (data + partition
+    keys) each. A record over 1 MiB raises ``RecordTooLargeError`` naming its line."""
+    if not 1 <= max_records <= MAX_RECORDS_PER_CALL:
+        raise ValueError(f"max_records must be 1..{MAX_RECORDS_PER_CALL} (the PutRecords limit), got {max_records}")
+    if not 1 <= max_bytes <= MAX_BYTES_PER_CALL:
+        raise ValueError(f"max_bytes must be 1..{MAX_BYTES_PER_CALL} (5 MiB, the PutRecords limit), got {max_bytes}")
+    batch: list[Record] = []
+    batch_bytes = 0
+    for record in records:
+        size = record.size
+        if size > MAX_RECORD_BYTES or size > max_bytes:
+            raise RecordTooLargeError(
+                f"line {record.line}: record of {size} bytes (data + partition key) is over the "
+                f"{min(MAX_RECORD_BYTES, max_bytes)}-byte limit per record"
+            )
+        if batch and (len(batch) >= max_records or batch_bytes + size > max_bytes):
+            yield batch
+            batch, batch_bytes = [], 0
+        batch.append(record)
+        batch_bytes += size
+    if batch:
+        yield batch
+
+
+# --- simulated throttling --------------------------------------------------------------------------
+class _RawBody:
+    """The minimal ``raw`` an ``AWSResponse`` reads its body from."""
+
+    def __init__(self, body: bytes):
+        self._body = body
+
+    def stream(self, **_kwargs):
+        yield self._body
+
+
+@dataclass
+class ThrottlingSimulator:
+    """Botocore hooks on one Kinesis client that make PutRecords behave like a throttled stream.
+
+    Partial failures are faithful to AWS: the chosen entries are taken out of the request before it is
+    sent (so they are never written) and put back, failed in place, into the parsed response.
+    ``call_rate`` also answers whole calls with a ProvisionedThroughputExceededException (nothing sent).
+    """
+
+    client: object
+    rate: float
+    seed: int = 0
+    call_rate: float = 0.0
+    injected_entries: int = 0
+    injected_calls: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+
+    _KEY = "kinesis_lab_simulated_failures"
+
+    def __post_init__(self):
+        for name, value in (("rate", self.rate), ("call_rate", self.call_rate)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        self._rng = random.Random(self.seed)
+
+    def _handlers(self):
+        return (
+            ("before-parameter-build.kinesis.PutRecords", self._remove_failed_entries, "lab-sim-params"),
+            ("before-call.kinesis.PutRecords", self._answer_if_all_failed, "lab-sim-call"),
+            ("before-send.kinesis.PutRecords", self._throttle_whole_call, "lab-sim-send"),
+            ("after-call.kinesis.PutRecords", self._report_failed_entries, "lab-sim-after"),
+        )
+
+    def register(self) -> None:
+        for event, handler, unique_id in self._handlers():
+            self.client.meta.events.register(event, handler, unique_id=unique_id)
+
+    def unregister(self) -> None:
+        for event, handler, unique_id in self._handlers():
+            self.client.meta.events.unregister(event, handler, unique_id=unique_id)
+
+    def _remove_failed_entries(self, params, context, **_kwargs):
+        entries = params.get("Records") or []
+        failed = [i for i in range(len(entries)) if self._rng.random() < self.rate]
+        if not failed:
+            return
+        context[self._KEY] = (len(entries), failed, params.get("StreamName") or params.get("StreamARN", ""))
+        if len(failed) < len(entries):
+            chosen = set(failed)
+            params["Records"] = [e for i, e in enumerate(entries) if i not in chosen]
+        # all chosen: the request stays valid (>= 1 entry) and before-call answers it without sending
+
+    def _answer_if_all_failed(self, context, **_kwargs):
+        state = context.get(self._KEY)
+        if state and len(state[1]) == state[0]:
+            http = AWSResponse("", 200, {}, _RawBody(b"{}"))
+            return http, {"FailedRecordCount": 0, "Records": [], "ResponseMetadata": {"HTTPStatusCode": 200}}
+        return None
+
+    def _throttle_whole_call(self, request, **_kwargs):
+        if self.call_rate <= 0 or self._rng.random() >= self.call_rate:
+            return None
+        self.injected_calls += 1
+        body = json.dumps({"__type": THROTTLED, "message": "Rate exceeded for stream (simulated by kinesis_lab)"})
+        return AWSResponse(request.url, 400, {"Content-Type": "application/x-amz-json-1.1"},
+                           _RawBody(body.encode()))
+
+    def _report_failed_entries(self, http_response, parsed, context, **_kwargs):
+        state = context.pop(self._KEY, None)
+        if state is None or http_response.status_code >= 300:
+            return
+        total, failed, stream = state
+        sent = iter(parsed.get("Records", []))
+        chosen = set(failed)
+        error = {"ErrorCode": THROTTLED,
+                 "ErrorMessage": f"Rate exceeded for shard in stream {stream} (simulated by kinesis_lab)"}
+        parsed["Records"] = [dict(error) if i in chosen else next(sent) for i in range(total)]
+        parsed["FailedRecordCount"] = parsed.get("FailedRecordCount", 0) + len(failed)
+        self.injected_entries += len(failed)
+
+
+@contextmanager
+def simulate_throttling(kinesis_client, rate: float, seed: int = 0, call_rate: float = 0.0):
+    """Within the block, each PutRecords entry fails with probability ``rate`` (not written, reported
+    as ProvisionedThroughputExceededException) and each call with probability ``call_rate``.
+    Yields the ``ThrottlingSimulator`` (its ``injected_entries`` / ``injected_calls`` counters)."""
+    simulator = ThrottlingSimulator(kinesis_client, rate, seed, call_rate)
+    simulator.register()
+    try:
+        yield simulator
+    finally:
+        simulator.unregister()
+
+
+# --- producing -------------------------------------------------------------------------------------
+@dataclass
+class ProduceResult:
+    """Counts of one run. records_sent = csv_rows + malformed_rows + oversize_rows once complete."""
+
+    source_file: str
+    stream_name: str
+    file_sha256: str = ""
+    csv_rows: int = 0  # well-formed data lines delivered
+    malformed_rows: int = 0  # marker records delivered for lines that could not be parsed
+    oversize_rows: int = 0  # marker records delivered for lines over 1 MiB
+    blank_lines: int = 0  # empty lines, nothing to send
+    records_sent: int = 0
+    bytes_sent: int = 0
+    records_retried: int = 0  # entry resends (one entry resent twice counts 2)
+    failed_entries: int = 0  # entries a PutRecords response reported failed
+    put_calls: int = 0
+    failed_calls: int = 0  # calls that failed as a whole (throttled) and were retried
+    seconds: float = 0.0
+    records_per_second: float = 0.0
+    per_shard: dict[str, int] = field(default_factory=dict)
+    event_ids_sha256: str = ""  # sha256 of the delivered event ids in line order, each + "\n"
+    event_ids_path: str | None = None
+    simulated_failure_rate: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _backoff(attempt: int, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
+    return rng.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt))
+
+
+def _put_batch(kinesis, stream_name: str, batch: list[Record], result: ProduceResult, per_shard: Counter,
+               rng: random.Random, max_retry_seconds: float) -> tuple[list[Record], str]:
+    """Deliver one batch, resending only failed entries. Returns (records left undelivered when
+    ``max_retry_seconds``, counted from the batch's first failure, ran out; the last error code),
+    ([], "") when all went through."""
+    pending = batch
+    attempt, give_up_at, last_error = 0, None, ""
+    while pending:
+        if attempt:
+            result.records_retried += len(pending)
+        result.put_calls += 1
+        failed: list[Record] = []
+        try:
+            response = kinesis.put_records(
+                StreamName=stream_name,
+                Records=[{"Data": r.data, "PartitionKey": r.partition_key} for r in pending],
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code not in RETRYABLE_CALL_ERRORS:
+                raise
+            result.failed_calls += 1
+            failed, last_error = pending, code
+        else:
+            for record, entry in zip(pending, response["Records"], strict=True):
+                if "ErrorCode" in entry:
+                    failed.append(record)
+                    last_error = entry["ErrorCode"]
+                else:
+                    per_shard[entry["ShardId"]] += 1
+                    result.records_sent += 1
+                    result.bytes_sent += len(record.data)
+            result.failed_entries += len(failed)
+        if not failed:
+            return [], ""
+        now = time.monotonic()
+        give_up_at = give_up_at or now + max_retry_seconds
+        pause = _backoff(attempt, rng)
+        if now + pause > give_up_at:
+            return failed, last_error
+        time.sleep(pause)
+        pending, attempt = failed, attempt + 1
+    return [], ""
+
+
+def produce_file(
+    path: str | Path,
+    *,
+    stream_name: str,
+    kinesis,
+    simulated_failure_rate: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+    max_retry_seconds: float = 120.0,
+    batch_size: int = MAX_RECORDS_PER_CALL,
+    max_batch_bytes: int = MAX_BYTES_PER_CALL,
+    event_ids_path: str | Path | None = None,
+    produced_at: datetime | str | None = None,
+) -> ProduceResult:
+    """Send every line of ``path`` to ``stream_name`` and return the counts.
+
+    ``kinesis`` is a boto3 Kinesis client. ``simulated_failure_rate`` (0..1) throttles that share of
+    entries through botocore hooks on that client (seeded by ``seed``). ``event_ids_path``: a file to
+    write the delivered event ids to, one per line, in line order. Raises ``HeaderError`` before sending
+    anything if the header is wrong, ``DeliveryError`` if records stay undelivered after
+    ``max_retry_seconds`` of retries on one batch.
+    """
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    reader = RecordReader(path, produced_at=produced_at)  # hashes the file, checks the header
+    result = ProduceResult(source_file=reader.source_file, stream_name=stream_name,
+                           file_sha256=reader.file_sha256, simulated_failure_rate=simulated_failure_rate,
+                           event_ids_path=str(event_ids_path) if event_ids_path else None)
+    if reader.columns is None:
+        result.warnings.append(f"{reader.source_file} is empty: nothing to send")
+    elif reader.data_lines == 0:
+        result.warnings.append(f"{reader.source_file} has a header and no data lines: nothing to send")
+    per_shard: Counter = Counter()
+    ids_digest = hashlib.sha256()
+    jitter = random.Random(seed + 1)
+    line_done = 1
+
+    def finish() -> ProduceResult:
+        result.seconds = round(time.perf_counter() - started, 3)
+        result.records_per_second = round(result.records_sent / result.seconds, 1) if result.seconds else 0.0
+        result.per_shard = dict(sorted(per_shard.items()))
+        result.blank_lines = reader.blank_lines
+        result.event_ids_sha256 = ids_digest.hexdigest()
+        return result
+
+    with ExitStack() as stack:
+        if simulated_failure_rate:
+            stack.enter_context(simulate_throttling(kinesis, simulated_failure_rate, seed))
+        ids_file = stack.enter_context(open(event_ids_path, "w", encoding="ascii")) if event_ids_path else None
+        bar = stack.enter_context(tqdm(total=reader.data_lines, unit="row", disable=not progress,
+                                       desc=f"{reader.source_file} -> {stream_name}"))
+        for batch in iter_batches(reader, batch_size, max_batch_bytes):
+            undelivered, last_error = _put_batch(kinesis, stream_name, batch, result, per_shard, jitter, max_retry_seconds)
+            left = {r.line for r in undelivered}
+            for record in batch:
+                if record.line in left:
+                    continue
+                ids_digest.update(f"{record.event_id}\n".encode())
+                if ids_file:
+                    ids_file.write(f"{record.event_id}\n")
+                if record.kind == "row":
+                    result.csv_rows += 1
+                elif record.kind == "malformed":
+                    result.malformed_rows += 1
+                else:
+                    result.oversize_rows += 1
+            bar.update(batch[-1].line - line_done)
+            line_done = batch[-1].line
+            if undelivered:
+                finish()
+                raise DeliveryError(
+                    f"{len(undelivered)} record(s) not delivered to stream '{stream_name}' after retrying for "
+                    f"{max_retry_seconds:g} s (last error: {last_error}); first undelivered line: "
+                    f"{undelivered[0].line}; {result.records_sent} record(s) delivered before giving up; "
+                    f"nothing after line {batch[-1].line} was sent",
+                    result,
+                    [r.line for r in undelivered],
+                )
+        bar.update(reader.data_lines - (line_done - 1))
+    return finish()

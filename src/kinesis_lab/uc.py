@@ -1,0 +1,266 @@
+"""Unity Catalog access to the lab bucket: the IAM role behind a storage credential, the credential
+itself (Databricks SDK) and the SQL templates in ``databricks/sql/``.
+
+The order on real AWS + Databricks (notebook 06):
+1. ``ensure_uc_role`` with a placeholder external id: creates the role trusting only the UC master
+   role, then adds the role itself (self-assume) once it exists.
+2. ``create_storage_credential``: Databricks answers with the credential's external id.
+3. ``ensure_uc_role`` again with that external id: only the trust policy changes (shown as a diff).
+4. ``validate_storage_credential`` and the SQL in ``databricks/sql/``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import string
+import time
+from pathlib import Path
+from typing import Any
+
+from kinesis_lab import policies
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "databricks" / "sql"
+UC_PERMISSIONS_POLICY_NAME = "kinesis-lab-uc-s3-access"
+# what the trust policy carries before Databricks has issued the credential's external id
+PLACEHOLDER_EXTERNAL_ID = "0000"
+PROPAGATION_DELAYS = (2, 4, 8, 16)  # seconds; a new role can take a few seconds to be usable as a principal
+
+
+class SqlTemplateError(ValueError):
+    """A SQL template is missing, or a value is missing or unsafe; the message says which."""
+
+
+# --- the IAM role ----------------------------------------------------------------------------------------
+def _error_code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
+def _retry_while_propagating(call, delays=PROPAGATION_DELAYS, sleep=time.sleep):
+    """Run ``call``; retry on MalformedPolicyDocument, which AWS returns while a just-created role is not
+    yet accepted as a principal."""
+    for delay in (*delays, None):
+        try:
+            return call()
+        except Exception as exc:
+            if _error_code(exc) != "MalformedPolicyDocument" or delay is None:
+                raise
+            sleep(delay)
+
+
+def ensure_uc_role(
+    iam,
+    *,
+    role_name: str,
+    account_id: str,
+    bucket: str,
+    external_id: str,
+    tags: dict[str, str] | None = None,
+    uc_master_role_arn: str = policies.UC_MASTER_ROLE_ARN,
+    sleep=time.sleep,
+) -> dict:
+    """Create or update the role Unity Catalog assumes to reach ``bucket``. Idempotent.
+
+    Returns ``{"role_arn", "created", "trust_changed", "permissions_changed", "old_trust", "new_trust",
+    "steps"}``; ``policies.policy_diff(result["old_trust"], result["new_trust"])`` shows the change."""
+    rendered = policies.uc_policies(
+        account_id=account_id,
+        role_name=role_name,
+        bucket=bucket,
+        external_id=external_id,
+        uc_master_role_arn=uc_master_role_arn,
+    )
+    role_arn = policies.role_arn(account_id, role_name)
+    tag_list = [{"Key": k, "Value": v} for k, v in (tags or {}).items()]
+    steps: list[str] = []
+
+    # 1. the role must exist before its trust policy can name it: create it trusting the UC master role only
+    try:
+        iam.create_role(
+            RoleName=role_name,
+            AssumeRolePolicyDocument=json.dumps(rendered["bootstrap_trust"]),
+            Description="Unity Catalog storage credential for the kinesis lab bucket",
+            Tags=tag_list,
+        )
+        created = True
+        old_trust = rendered["bootstrap_trust"]
+        steps.append("created the role; its trust policy names only the UC master role")
+    except Exception as exc:
+        if _error_code(exc) != "EntityAlreadyExists":
+            raise
+        created = False
+        old_trust = policies.canonical(iam.get_role(RoleName=role_name)["Role"]["AssumeRolePolicyDocument"])
+        if tag_list:
+            iam.tag_role(RoleName=role_name, Tags=tag_list)
+        steps.append("the role already exists")
+
+    # 2. the final trust policy: the UC master role and the role itself, both with the external id
+    trust_changed = policies.canonical(old_trust) != policies.canonical(rendered["trust"])
+    if trust_changed:
+        _retry_while_propagating(
+            lambda: iam.update_assume_role_policy(
+                RoleName=role_name, PolicyDocument=json.dumps(rendered["trust"])
+            ),
+            sleep=sleep,
+        )
+        steps.append(f"trust policy updated: UC master role + the role itself, external id {external_id}")
+    else:
+        steps.append("trust policy already up to date")
+
+    # 3. what the role may do: the lab bucket only, and assume itself
+    try:
+        current = iam.get_role_policy(RoleName=role_name, PolicyName=UC_PERMISSIONS_POLICY_NAME)[
+            "PolicyDocument"
+        ]
+        permissions_changed = policies.canonical(current) != policies.canonical(rendered["permissions"])
+    except Exception as exc:
+        if _error_code(exc) != "NoSuchEntity":
+            raise
+        permissions_changed = True
+    if permissions_changed:
+        iam.put_role_policy(
+            RoleName=role_name,
+            PolicyName=UC_PERMISSIONS_POLICY_NAME,
+            PolicyDocument=json.dumps(rendered["permissions"]),
+        )
+        steps.append(f"inline policy {UC_PERMISSIONS_POLICY_NAME} written (bucket {bucket} only)")
+    else:
+        steps.append(f"inline policy {UC_PERMISSIONS_POLICY_NAME} already up to date")
+
+    return {
+        "role_arn": role_arn,
+        "created": created,
+        "trust_changed": trust_changed,
+        "permissions_changed": permissions_changed,
+        "old_trust": old_trust,
+        "new_trust": rendered["trust"],
+        "steps": steps,
+    }
+
+
+# --- Databricks workspace --------------------------------------------------------------------------------
+def _profile_section(profile: str | None) -> dict[str, str]:
+    """The profile's keys from ~/.databrickscfg (or DATABRICKS_CONFIG_FILE); {} if there is none."""
+    path = Path(os.environ.get("DATABRICKS_CONFIG_FILE") or "~/.databrickscfg").expanduser()
+    if not path.is_file():
+        return {}
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(path)
+    except configparser.Error:
+        return {}
+    name = profile or os.environ.get("DATABRICKS_CONFIG_PROFILE") or "DEFAULT"
+    if name == "DEFAULT":
+        return dict(parser.defaults())
+    return dict(parser[name]) if parser.has_section(name) else {}
+
+
+def databricks_workspace_configured(profile: str | None = None) -> bool:
+    """True when the Databricks SDK can authenticate to a workspace (env DATABRICKS_HOST + credentials, or a
+    profile). Nothing configured: False at once, without network or prompts."""
+    section = _profile_section(profile)
+    host = os.environ.get("DATABRICKS_HOST") or section.get("host")
+    if not host:
+        return False
+    auth_type = os.environ.get("DATABRICKS_AUTH_TYPE") or section.get("auth_type")
+    if auth_type == "external-browser":
+        return False  # would open a browser and wait: log in with the Databricks CLI first
+    from databricks.sdk.core import Config
+
+    try:
+        # short timeouts: an unreachable host must not block the notebook
+        Config(profile=profile, http_timeout_seconds=10, retry_timeout_seconds=20)
+    except Exception:
+        return False
+    return True
+
+
+def external_id_of(info) -> str:
+    """The external id Databricks issued for an AWS storage credential (goes into the role's trust policy)."""
+    role = getattr(info, "aws_iam_role", None)
+    if role is None or not role.external_id:
+        raise ValueError(f"storage credential {getattr(info, 'name', '?')!r} has no AWS IAM role external id")
+    return role.external_id
+
+
+def uc_master_role_arn_of(info) -> str:
+    """The UC master role this workspace uses (falls back to the commercial-AWS one)."""
+    role = getattr(info, "aws_iam_role", None)
+    return (role.unity_catalog_iam_arn if role is not None else None) or policies.UC_MASTER_ROLE_ARN
+
+
+def create_storage_credential(w, name: str, role_arn: str):
+    """Get or create the storage credential ``name`` for ``role_arn``. Returns ``(info, external_id)``.
+    Created with ``skip_validation``: the role cannot trust the external id before Databricks issues it."""
+    from databricks.sdk.errors import NotFound
+    from databricks.sdk.service.catalog import AwsIamRoleRequest
+
+    try:
+        info = w.storage_credentials.get(name)
+        if info.aws_iam_role is None or info.aws_iam_role.role_arn != role_arn:
+            info = w.storage_credentials.update(
+                name, aws_iam_role=AwsIamRoleRequest(role_arn=role_arn), skip_validation=True
+            )
+    except NotFound:
+        info = w.storage_credentials.create(
+            name,
+            aws_iam_role=AwsIamRoleRequest(role_arn=role_arn),
+            comment="kinesis lab: Firehose landing bucket",
+            skip_validation=True,
+        )
+    return info, external_id_of(info)
+
+
+def validation_rows(response) -> list[dict]:
+    """A ``ValidateStorageCredentialResponse`` as table rows: operation, result, message."""
+    return [
+        {
+            "operation": r.operation.value if r.operation else None,
+            "result": r.result.value if r.result else None,
+            "message": r.message or "",
+        }
+        for r in (response.results or [])
+    ]
+
+
+def validate_storage_credential(w, name: str, url: str) -> list[dict]:
+    """Ask Unity Catalog to read/list/write/delete at ``url`` with the credential; one row per operation."""
+    return validation_rows(w.storage_credentials.validate(storage_credential_name=name, url=url))
+
+
+# --- SQL templates ---------------------------------------------------------------------------------------
+def sql_template_path(template_name: str) -> Path:
+    """``databricks/sql/<name>``; ``.sql`` / ``.sql.tmpl`` may be left off."""
+    for candidate in (template_name, f"{template_name}.sql", f"{template_name}.sql.tmpl"):
+        path = SQL_DIR / candidate
+        if path.is_file():
+            return path
+    known = ", ".join(sorted(p.name for p in SQL_DIR.glob("*.sql*")))
+    raise SqlTemplateError(f"no SQL template {template_name!r} in {SQL_DIR} (known: {known})")
+
+
+def render_sql(template_name: str, **values: Any) -> str:
+    """Fill ``${...}`` in a SQL template. A missing value, or one that could break out of its quotes or
+    backticks, raises ``SqlTemplateError``."""
+    template = string.Template(sql_template_path(template_name).read_text())
+    missing = sorted(set(template.get_identifiers()) - set(values))
+    if missing:
+        raise SqlTemplateError(
+            f"SQL template {template_name!r} needs a value for: {', '.join(missing)} "
+            f"(pass {', '.join(f'{m}=...' for m in missing)})"
+        )
+    for key, value in values.items():
+        if re.search(r"[`'\";\\\n]", str(value)):
+            raise SqlTemplateError(
+                f"value for {key!r} contains a quote, backtick, semicolon or newline: {value!r}"
+            )
+    return template.substitute({k: str(v) for k, v in values.items()})
+
+
+def sql_statements(sql: str) -> list[str]:
+    """Split rendered SQL into statements (for ``spark.sql`` or the statement API, one at a time). Drops
+    whole-line ``--`` comments; the lab's templates have no ``;`` inside strings."""
+    code = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in code.split(";") if s.strip()]

@@ -1,0 +1,152 @@
+"""The Databricks Asset Bundle in databricks/: parses, references only what exists and is declared.
+
+`databricks bundle validate` needs a workspace login; these checks need none. `${...}` references are
+plain text to YAML, so they are checked here by pattern."""
+
+from __future__ import annotations
+
+import glob
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kinesis_lab.config import LabConfig
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE_ROOT = REPO / "databricks"
+REFERENCE = re.compile(r"\$\{([^}]+)\}")
+ALLOWED_NAMESPACES = {"var", "bundle", "workspace", "resources"}
+SOURCE_MODES = {"autoloader", "files"}
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def bundle() -> dict:
+    return load(BUNDLE_ROOT / "databricks.yml")
+
+
+@pytest.fixture(scope="module")
+def resource_files(bundle) -> dict[Path, dict]:
+    files = {}
+    for pattern in bundle["include"]:
+        for match in sorted(glob.glob(str(BUNDLE_ROOT / pattern))):
+            files[Path(match)] = load(Path(match))
+    return files
+
+
+@pytest.fixture(scope="module")
+def pipeline(resource_files) -> tuple[Path, dict]:
+    found = [
+        (path, p)
+        for path, doc in resource_files.items()
+        for p in doc.get("resources", {}).get("pipelines", {}).values()
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def references(node) -> list[str]:
+    if isinstance(node, dict):
+        return [r for k, v in node.items() for r in references(k) + references(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in references(v)]
+    return REFERENCE.findall(node) if isinstance(node, str) else []
+
+
+def test_bundle_basics(bundle):
+    assert bundle["bundle"]["name"] == "kinesis_lab"
+    assert bundle["include"] == ["resources/*.yml"]
+
+
+def test_every_include_matches_a_file(bundle, resource_files):
+    for pattern in bundle["include"]:
+        assert glob.glob(str(BUNDLE_ROOT / pattern)), f"include {pattern!r} matches nothing"
+    assert {p.name for p in resource_files} == {"kinesis_lab_pipeline.yml", "kinesis_lab_job.yml"}
+
+
+def test_targets_dev_default_and_prod(bundle):
+    targets = bundle["targets"]
+    assert set(targets) == {"dev", "prod"}
+    assert targets["dev"]["mode"] == "development" and targets["dev"]["default"] is True
+    assert targets["prod"]["mode"] == "production" and not targets["prod"].get("default")
+    assert targets["prod"]["workspace"]["root_path"].startswith("/Workspace/")
+
+
+def test_variables_declared_and_defaults_match_the_lab_config(bundle):
+    variables = bundle["variables"]
+    assert set(variables) == {"catalog", "schema", "bucket", "source_prefix"}
+    assert all(v.get("description") for v in variables.values())
+    cfg = LabConfig(home=REPO)
+    assert variables["catalog"]["default"] == cfg.catalog
+    # the pipeline reads where Firehose writes: the static start of the delivery stream's Prefix
+    assert cfg.s3_prefix.startswith(variables["source_prefix"]["default"])
+    assert variables["source_prefix"]["default"].endswith("/")
+    # the bucket name contains the account id: it must be passed, never defaulted
+    assert "default" not in variables["bucket"]
+
+
+def test_every_reference_is_declared(bundle, resource_files):
+    declared_vars = set(bundle["variables"])
+    pipelines = {k for doc in resource_files.values() for k in doc["resources"].get("pipelines", {})}
+    jobs = {k for doc in resource_files.values() for k in doc["resources"].get("jobs", {})}
+    for where, doc in [(BUNDLE_ROOT / "databricks.yml", bundle), *resource_files.items()]:
+        for ref in references(doc):
+            namespace, _, rest = ref.partition(".")
+            assert namespace in ALLOWED_NAMESPACES, f"{where.name}: ${{{ref}}}"
+            if namespace == "var":
+                assert rest in declared_vars, f"{where.name}: ${{{ref}}} is not declared in variables"
+            if namespace == "resources":
+                kind, key, _field = rest.split(".")
+                assert key in {"pipelines": pipelines, "jobs": jobs}[kind], f"{where.name}: ${{{ref}}}"
+
+
+def test_pipeline_settings(pipeline):
+    _, p = pipeline
+    assert p["serverless"] is True
+    assert p["catalog"] == "${var.catalog}" and p["schema"] == "${var.schema}"
+    assert p["configuration"]["lab.source_mode"] in SOURCE_MODES
+    assert p["configuration"]["lab.source_path"] == "s3://${var.bucket}/${var.source_prefix}"
+    assert "clusters" not in p  # serverless: no cluster spec
+
+
+def test_pipeline_paths_resolve_relative_to_the_yml(pipeline):
+    path, p = pipeline
+    root = (path.parent / p["root_path"]).resolve()
+    assert root == (BUNDLE_ROOT / "pipeline").resolve() and root.is_dir()
+    assert (root / "medallion.py").is_file()  # importable from transformations: the root goes on sys.path
+    [library] = p["libraries"]
+    include = library["glob"]["include"]
+    assert (path.parent / include).resolve().as_posix().startswith(root.as_posix() + "/transformations")
+
+
+def test_pipeline_glob_matches_the_transformations(pipeline):
+    path, p = pipeline
+    include = p["libraries"][0]["glob"]["include"]
+    matched = sorted(
+        Path(f) for f in glob.glob(str(path.parent / include), recursive=True) if Path(f).is_file()
+    )
+    python_files = [f for f in matched if f.suffix == ".py"]
+    assert len(python_files) >= 3, (
+        f"{include} matches {[f.name for f in matched]}: expected bronze/silver/gold files"
+    )
+    source = "\n".join(f.read_text() for f in python_files)
+    # the pipeline's configuration keys are the ones its code reads
+    for key in p["configuration"]:
+        assert key in source, f"{key} is set in the bundle but no transformation reads it"
+
+
+def test_job_runs_the_pipeline_with_a_paused_schedule(resource_files, pipeline):
+    jobs = [j for doc in resource_files.values() for j in doc["resources"].get("jobs", {}).values()]
+    [job] = jobs
+    [task] = job["tasks"]
+    pipelines = {k for doc in resource_files.values() for k in doc["resources"].get("pipelines", {})}
+    ref = REFERENCE.fullmatch(task["pipeline_task"]["pipeline_id"]).group(1)
+    assert ref.startswith("resources.pipelines.") and ref.endswith(".id")
+    assert ref.split(".")[2] in pipelines
+    assert job["schedule"]["pause_status"] == "PAUSED"
+    assert len(job["schedule"]["quartz_cron_expression"].split()) in (6, 7)  # Quartz: seconds first

@@ -1,0 +1,134 @@
+"""The shipped synthetic sample, finding a dataset, and checking its header."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import types
+
+import pytest
+
+from kinesis_lab import dataset
+from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH, DatasetError, check_columns, load_dataset, preview
+
+HEADER = ",".join(COLUMNS)
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.reader(fh))
+
+
+def test_shipped_sample_is_what_the_script_generates(tmp_path):
+    out = tmp_path / "sample.csv"
+    done = subprocess.run([sys.executable, str(SAMPLE_PATH.parent / "generate_sample.py"), "--out", str(out)],
+                          capture_output=True, text=True, check=True)
+    assert "wrote 540 synthetic rows" in done.stdout
+    assert out.read_bytes() == SAMPLE_PATH.read_bytes()
+
+
+def test_generator_honours_rows_and_seed(tmp_path):
+    a = dataset.generate_synthetic_sample(tmp_path / "a.csv", rows=100, seed=1)
+    b = dataset.generate_synthetic_sample(tmp_path / "b.csv", rows=100, seed=2)
+    assert len(read_rows(a)) == 101
+    assert a.read_bytes() != b.read_bytes()
+    with pytest.raises(ValueError, match="rows must be at least 1, got 0"):
+        dataset.generate_synthetic_sample(tmp_path / "c.csv", rows=0)
+
+
+def test_sample_has_the_real_files_shape_and_quirks():
+    raw = SAMPLE_PATH.read_bytes()
+    assert not raw.startswith(b"\xef\xbb\xbf")
+    text = raw.decode("utf-8")
+    assert b"\r" not in raw
+    assert '"Korea, Republic of"' in text and '"Congo, Democratic Republic of the"' in text
+    rows = read_rows(SAMPLE_PATH)
+    assert tuple(rows[0]) == COLUMNS
+    data = rows[1:]
+    assert len(data) == 540
+    assert all(len(r) == 8 for r in data)
+    countries = {r[0] for r in data}
+    assert {"Côte d'Ivoire", "Türkiye", "São Tomé and Príncipe", "Korea, Republic of"} <= countries
+    assert ("World", "WORLD", "Global") in {(r[0], r[1], r[2]) for r in data}
+    assert all(len(r[1]) == 3 and r[1].isupper() for r in data if r[1] != "WORLD")
+    assert {r[2] for r in data} >= {"Sub-Saharan Africa", "Asia and the Pacific",
+                                    "Latin America and the Caribbean", "Other", "Global"}
+    assert {r[6] for r in data} == {"Total", "Female", "Male", "Boys", "Girls"}
+    assert {r[7] for r in data} == {"7-14 years", "5-17 years"}
+    for r in data:
+        assert 2000 <= int(r[3]) <= 2024
+        assert 0 <= float(r[4]) <= 100 and len(r[4].split(".")[1]) == 1
+        assert float(r[5]) >= 0
+    keys = [(r[0], r[3], r[6], r[7]) for r in data]
+    assert len(set(keys)) < len(keys)  # no natural key
+    assert len({tuple(r) for r in data}) < len(data)  # exact duplicate rows too
+
+
+def test_load_dataset_sample_and_paths(tmp_path):
+    assert load_dataset() == SAMPLE_PATH
+    assert load_dataset("sample") == SAMPLE_PATH
+    assert load_dataset(str(SAMPLE_PATH)) == SAMPLE_PATH
+    with pytest.raises(DatasetError) as err:
+        load_dataset(tmp_path / "nope.csv")
+    assert str(err.value) == f"dataset file not found: {tmp_path / 'nope.csv'} (give a CSV path, 'sample' or 'kaggle')"
+
+
+def test_load_dataset_kaggle_without_kagglehub_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "kagglehub", None)  # import kagglehub -> ImportError
+    with pytest.raises(DatasetError) as err:
+        load_dataset("kaggle")
+    assert "pip install 'kinesis-lab[kaggle]'" in str(err.value)
+    assert "source='sample'" in str(err.value)
+
+
+def test_load_dataset_kaggle_unreachable_and_found(monkeypatch, tmp_path):
+    def unreachable(handle):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setitem(sys.modules, "kagglehub", types.SimpleNamespace(dataset_download=unreachable))
+    with pytest.raises(DatasetError) as err:
+        load_dataset("kaggle")
+    assert str(err.value).startswith(
+        "could not download shaistashahid/child-labor-statistics from Kaggle (ConnectionError: no route to host)")
+    assert "source='sample'" in str(err.value)
+
+    (tmp_path / "notes.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "child_labor.csv").write_text(HEADER + "\n")
+    calls = []
+    monkeypatch.setitem(sys.modules, "kagglehub",
+                        types.SimpleNamespace(dataset_download=lambda h: calls.append(h) or str(tmp_path)))
+    assert load_dataset("kaggle") == tmp_path / "child_labor.csv"
+    assert calls == ["shaistashahid/child-labor-statistics"]
+
+
+def test_check_columns(tmp_path):
+    def header(text: str, name="f.csv", raw: bytes | None = None):
+        path = tmp_path / name
+        path.write_bytes(raw if raw is not None else text.encode("utf-8"))
+        return check_columns(path)
+
+    assert check_columns(SAMPLE_PATH) == []
+    assert header(",".join(reversed(COLUMNS)) + "\n") == []  # order does not matter
+    assert header("\ufeff" + HEADER + "\r\n") == []  # BOM and CRLF
+    assert header(HEADER.replace(",Age_Group", "") + "\n") == ["missing column(s): Age_Group"]
+    assert header(HEADER.replace("Gender", "gender") + ",Notes\n") == [
+        "missing column(s): Gender",
+        "unexpected column(s): 'gender', 'Notes'",
+        "column 'gender' should be spelled 'Gender' (names are case-sensitive)",
+    ]
+    assert header(HEADER + ",Year\n") == ["duplicate column(s): Year"]
+    assert header("") == ["the file is empty (no header line)"]
+    assert header("\n") == ["the header line is empty"]
+    assert header("", raw=b"Country,\xff\n") == ["the header line is not valid UTF-8"]
+
+
+def test_preview_keeps_raw_text(tmp_path):
+    frame = preview(SAMPLE_PATH, n=5)
+    assert list(frame.columns) == list(COLUMNS) and len(frame) == 5
+    assert all(dtype.kind == "O" for dtype in frame.dtypes)
+    path = tmp_path / "na.csv"
+    path.write_text(HEADER + "\nWorld,WORLD,Global,2020,N/A,,Total,5-17 years\n", encoding="utf-8")
+    row = preview(path).iloc[0]
+    assert row["Child_Labor_Rate_Percent"] == "N/A" and row["Estimated_Children_Millions"] == ""
+    assert preview(path, raw=False)["Year"].dtype.kind == "i"

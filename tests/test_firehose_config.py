@@ -1,0 +1,216 @@
+"""The lab's create helper: request shape, validation messages, create/retry/wait against moto."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from botocore.awsrequest import AWSResponse
+
+from kinesis_lab.config import load_config
+from kinesis_lab.firehose_config import (
+    DeliveryConfigError,
+    RoleNotAssumable,
+    build_delivery_stream_request,
+    create_delivery_stream,
+    validate_delivery_config,
+    wait_until_active,
+)
+
+STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/jm-demo-kinesis-lab"
+ROLE_ARN = "arn:aws:iam::123456789012:role/FirehoseToS3Role"
+BUCKET_ARN = "arn:aws:s3:::jm-demo-s3-lab-123456789012-us-east-1"
+
+
+def request(**overrides) -> dict:
+    args = {
+        "delivery_stream_name": "salud-firehose-tos3",
+        "stream_arn": STREAM_ARN,
+        "role_arn": ROLE_ARN,
+        "bucket_arn": BUCKET_ARN,
+        "prefix": "bronze/ingestion_date=!{timestamp:yyyy/MM/dd}/",
+        "error_output_prefix": "errors/!{firehose:error-output-type}/ingestion_date=!{timestamp:yyyy/MM/dd}/",
+        "buffer_size_mb": 1,
+        "buffer_interval_seconds": 60,
+        **overrides,
+    }
+    return build_delivery_stream_request(**args)
+
+
+def with_destination(**changes) -> dict:
+    req = request()
+    req["ExtendedS3DestinationConfiguration"].update(changes)
+    return req
+
+
+def test_request_shape():
+    req = request(
+        compression="GZIP", log_group="/aws/kinesisfirehose/salud-firehose-tos3", tags={"project": "lab"}
+    )
+    assert req == {
+        "DeliveryStreamName": "salud-firehose-tos3",
+        "DeliveryStreamType": "KinesisStreamAsSource",
+        "KinesisStreamSourceConfiguration": {"KinesisStreamARN": STREAM_ARN, "RoleARN": ROLE_ARN},
+        "ExtendedS3DestinationConfiguration": {
+            "RoleARN": ROLE_ARN,
+            "BucketARN": BUCKET_ARN,
+            "Prefix": "bronze/ingestion_date=!{timestamp:yyyy/MM/dd}/",
+            "ErrorOutputPrefix": "errors/!{firehose:error-output-type}/ingestion_date=!{timestamp:yyyy/MM/dd}/",
+            "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60},
+            "CompressionFormat": "GZIP",
+            "CloudWatchLoggingOptions": {
+                "Enabled": True,
+                "LogGroupName": "/aws/kinesisfirehose/salud-firehose-tos3",
+                "LogStreamName": "DestinationDelivery",
+            },
+        },
+        "Tags": [{"Key": "project", "Value": "lab"}],
+    }
+
+
+def test_request_without_optional_parts():
+    req = request(error_output_prefix=None, prefix="bronze/")
+    dest = req["ExtendedS3DestinationConfiguration"]
+    assert "ErrorOutputPrefix" not in dest and "CloudWatchLoggingOptions" not in dest and "Tags" not in req
+    assert dest["CompressionFormat"] == "UNCOMPRESSED"
+
+
+def test_lab_defaults_are_valid():
+    cfg = load_config()
+    req = request(prefix=cfg.s3_prefix, error_output_prefix=cfg.error_prefix, buffer_size_mb=cfg.buffer_size_mb,
+                  buffer_interval_seconds=cfg.buffer_interval_seconds)  # fmt: skip
+    assert validate_delivery_config(req) == []
+
+
+def test_original_course_error_prefix_missing_a_brace():
+    req = request(
+        prefix="bronze/ingestion_date=!{timestamp:yyyy/MM/dd}",
+        error_output_prefix="errors/!{firehose:error-output-type/",
+    )
+    assert validate_delivery_config(req) == [
+        "ErrorOutputPrefix: '!{firehose:error-output-type/' at position 7 is never closed: add the missing '}'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"ErrorOutputPrefix": None},
+         ["ErrorOutputPrefix is required when Prefix contains expressions: add one such as "
+          "'errors/!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd}/'"]),
+        ({"ErrorOutputPrefix": "errors/!{timestamp:yyyy}/"},
+         ["ErrorOutputPrefix has expressions but no !{firehose:error-output-type}: add it, e.g. "
+          "'errors/!{firehose:error-output-type}/...'"]),
+        ({"Prefix": "bronze/!{firehose:error-output-type}/"},
+         ["Prefix: !{firehose:error-output-type} is only allowed in ErrorOutputPrefix: remove it from Prefix"]),
+        ({"Prefix": "bronze/!{partitionKeyFromLambda:id}/"},
+         ["Prefix: !{partitionKeyFromLambda:id} needs dynamic partitioning, which the local Firehose service does "
+          "not support: use !{timestamp:...} or !{firehose:random-string} instead"]),
+        ({"Prefix": "/bronze/"}, ["Prefix '/bronze/' starts with '/': remove the leading slash (S3 keys have no root '/')"]),
+        ({"Prefix": "p" * 1025}, ["Prefix is 1025 characters long: the limit is 1024"]),
+        ({"BufferingHints": {"SizeInMBs": 0, "IntervalInSeconds": 901}},
+         ["BufferingHints.SizeInMBs is 0: it must be between 1 and 128",
+          "BufferingHints.IntervalInSeconds is 901: it must be between 0 and 900"]),
+        ({"BufferingHints": {"SizeInMBs": 129, "IntervalInSeconds": 0}},
+         ["BufferingHints.SizeInMBs is 129: it must be between 1 and 128"]),
+        ({"BufferingHints": {"SizeInMBs": 5}},
+         ["BufferingHints needs both SizeInMBs and IntervalInSeconds (or neither)"]),
+        ({"BucketARN": "jm-demo-s3-lab"},
+         ["BucketARN 'jm-demo-s3-lab' is not an S3 bucket ARN: use 'arn:aws:s3:::<bucket-name>'"]),
+        ({"Prefix": "bronze/", "ErrorOutputPrefix": None}, []),  # no expressions: no error prefix needed
+        ({"Prefix": "", "ErrorOutputPrefix": "errors/"}, []),
+    ],
+)  # fmt: skip
+def test_validation_messages(changes, expected):
+    assert validate_delivery_config(with_destination(**changes)) == expected
+
+
+def test_validation_reports_every_problem_at_once():
+    req = with_destination(Prefix="/a/!{timestamp:yyyy", ErrorOutputPrefix=None, BufferingHints={"SizeInMBs": 200,
+                           "IntervalInSeconds": 60})  # fmt: skip
+    assert len(validate_delivery_config(req)) == 4
+
+
+# --- against moto -------------------------------------------------------------------------------------
+@pytest.mark.stack
+def test_create_rejects_invalid_config_before_calling_aws(aws_clients):
+    firehose = aws_clients("firehose")
+    with pytest.raises(DeliveryConfigError) as err:
+        create_delivery_stream(firehose, with_destination(ErrorOutputPrefix=None))
+    assert err.value.problems[0].startswith("ErrorOutputPrefix is required")
+    assert firehose.list_delivery_streams()["DeliveryStreamNames"] == []
+
+
+@pytest.mark.stack
+def test_create_then_already_exists_then_active(aws_clients):
+    firehose = aws_clients("firehose")
+    first = create_delivery_stream(firehose, request())
+    assert first["created"] is True and first["arn"].endswith(":deliverystream/salud-firehose-tos3")
+    second = create_delivery_stream(firehose, request(buffer_interval_seconds=5))
+    assert second == {
+        "created": False,
+        "arn": first["arn"],
+        "message": "delivery stream salud-firehose-tos3 already exists: kept as it is "
+        "(delete it first to change its configuration)",
+    }
+    assert wait_until_active(firehose, "salud-firehose-tos3", timeout=5, poll=0.1) == "ACTIVE"
+
+
+def _answer_role_not_ready(times: list[int]):
+    """A botocore hook answering CreateDeliveryStream like AWS does while a new role propagates."""
+
+    def handler(**_):
+        if times[0] <= 0:
+            return None  # let the real request reach moto
+        times[0] -= 1
+        body = json.dumps(
+            {
+                "__type": "InvalidArgumentException",
+                "message": f"Firehose is unable to assume role {ROLE_ARN}. Please check the role provided.",
+            }
+        )
+        return AWSResponse(
+            "http://local", 400, {"Content-Type": "application/x-amz-json-1.1"}, _Raw(body.encode())
+        )
+
+    return handler
+
+
+class _Raw:
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def stream(self, **_):
+        yield self.body
+
+    def read(self, *_):
+        return self.body
+
+
+@pytest.mark.stack
+def test_create_retries_while_the_role_propagates(aws_clients):
+    firehose = aws_clients("firehose")
+    failures_left = [2]
+    firehose.meta.events.register(
+        "before-send.firehose.CreateDeliveryStream", _answer_role_not_ready(failures_left)
+    )
+    slept: list[float] = []
+    outcome = create_delivery_stream(firehose, request(), role_propagation_timeout=60, sleep=slept.append)
+    assert outcome["created"] is True and failures_left == [0]
+    assert slept == [1.0, 2.0]  # backoff between the refused attempts
+
+
+@pytest.mark.stack
+def test_create_gives_up_after_the_timeout(aws_clients):
+    firehose = aws_clients("firehose")
+    firehose.meta.events.register("before-send.firehose.CreateDeliveryStream", _answer_role_not_ready([99]))
+    with pytest.raises(RoleNotAssumable, match="trust policy allows firehose.amazonaws.com"):
+        create_delivery_stream(firehose, request(), role_propagation_timeout=0.5, sleep=lambda _: None)
+    assert firehose.list_delivery_streams()["DeliveryStreamNames"] == []
+
+
+@pytest.mark.stack
+def test_wait_until_active_times_out_clearly(aws_clients):
+    firehose = aws_clients("firehose")
+    with pytest.raises(TimeoutError, match="delivery stream missing is still not found after 0.2 s"):
+        wait_until_active(firehose, "missing", timeout=0.2, poll=0.1)

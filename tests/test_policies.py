@@ -1,0 +1,307 @@
+"""The IAM policy templates in aws-policy/: they render, say exactly what they should, and lint clean."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from kinesis_lab import policies
+from kinesis_lab.aws import LabSession
+from kinesis_lab.config import LabConfig
+from kinesis_lab.firehose_config import build_delivery_stream_request
+
+REPO = Path(__file__).resolve().parents[1]
+POLICY_README = REPO / "aws-policy" / "README.md"
+
+# (account, region, bucket, role): a few shapes of real values
+CASES = [
+    ("123456789012", "us-east-1", "jm-demo-s3-lab-123456789012-us-east-1", "DatabricksUCRoleKinesisLab"),
+    ("000011112222", "eu-west-1", "lab-bucket", "uc-role_2"),
+    ("999988887777", "ap-southeast-2", "a1-b2.c3", "Path.Role+name=ok@x"),
+]
+EXTERNAL_ID = "3f1e2d4c-aaaa-bbbb-cccc-0123456789ab"
+
+FIREHOSE_ACTIONS = {
+    "kinesis": {
+        "kinesis:DescribeStream",
+        "kinesis:GetShardIterator",
+        "kinesis:GetRecords",
+        "kinesis:ListShards",
+    },
+    "bucket": {"s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"},
+    "objects": {"s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"},
+    "logs": {"logs:PutLogEvents"},
+}
+UC_ACTIONS = {
+    "bucket": {"s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"},
+    "objects": {
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
+        "s3:ListMultipartUploadParts",
+    },
+    "self": {"sts:AssumeRole"},
+}
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def values_for(account, region, bucket, role) -> dict:
+    return dict(
+        account_id=account,
+        region=region,
+        bucket=bucket,
+        role_name=role,
+        stream_name="jm-demo-kinesis-lab",
+        log_group="/aws/kinesisfirehose/salud-firehose-tos3",
+        external_id=EXTERNAL_ID,
+    )
+
+
+def actions_by_resource(policy: dict) -> dict[str, set[str]]:
+    """resource -> every action allowed on it."""
+    out: dict[str, set[str]] = {}
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        for resource in as_list(statement["Resource"]):
+            out.setdefault(resource, set()).update(as_list(statement["Action"]))
+    return out
+
+
+def all_policies(values: dict) -> dict[str, dict]:
+    fh = policies.firehose_policies(**values)
+    uc = policies.uc_policies(file_events=True, **values)
+    return {f"firehose-{k}": v for k, v in fh.items()} | {f"uc-{k}": v for k, v in uc.items()}
+
+
+def test_every_template_is_rendered_by_the_helpers():
+    on_disk = {p.stem for p in (REPO / "aws-policy").glob("*.json")}
+    used = {
+        *policies.FIREHOSE_TEMPLATES.values(),
+        *policies.UC_TEMPLATES.values(),
+        policies.UC_FILE_EVENTS_TEMPLATE,
+    }
+    assert on_disk == used
+
+
+def test_templates_commit_no_account_ids():
+    # the only 12-digit number allowed is Databricks' own account, in the UC master role default (Python)
+    for path in (REPO / "aws-policy").glob("*.json"):
+        assert not re.search(r"\d{12}", path.read_text()), path.name
+
+
+@pytest.mark.parametrize("account,region,bucket,role", CASES)
+def test_firehose_trust_lets_only_firehose_for_this_account(account, region, bucket, role):
+    trust = policies.firehose_policies(**values_for(account, region, bucket, role))["trust"]
+    [statement] = trust["Statement"]
+    assert statement["Principal"] == {"Service": "firehose.amazonaws.com"}
+    assert statement["Action"] == "sts:AssumeRole"
+    # AWS's recommended confused-deputy guard: Firehose passes the caller's account id as external id
+    assert statement["Condition"] == {"StringEquals": {"sts:ExternalId": account}}
+
+
+@pytest.mark.parametrize("account,region,bucket,role", CASES)
+def test_firehose_permissions_are_scoped_to_this_stream_bucket_and_log_stream(account, region, bucket, role):
+    permissions = policies.firehose_policies(**values_for(account, region, bucket, role))["permissions"]
+    assert actions_by_resource(permissions) == {
+        f"arn:aws:kinesis:{region}:{account}:stream/jm-demo-kinesis-lab": FIREHOSE_ACTIONS["kinesis"],
+        f"arn:aws:s3:::{bucket}": FIREHOSE_ACTIONS["bucket"],
+        f"arn:aws:s3:::{bucket}/*": FIREHOSE_ACTIONS["objects"],
+        f"arn:aws:logs:{region}:{account}:log-group:/aws/kinesisfirehose/salud-firehose-tos3"
+        f":log-stream:{policies.FIREHOSE_LOG_STREAM}": FIREHOSE_ACTIONS["logs"],
+    }
+
+
+@pytest.mark.parametrize("account,region,bucket,role", CASES)
+def test_uc_trust_names_the_uc_master_role_and_the_role_itself_with_the_external_id(
+    account, region, bucket, role
+):
+    rendered = policies.uc_policies(**values_for(account, region, bucket, role))
+    [statement] = rendered["trust"]["Statement"]
+    assert set(statement["Principal"]["AWS"]) == {
+        policies.UC_MASTER_ROLE_ARN,
+        f"arn:aws:iam::{account}:role/{role}",
+    }
+    assert statement["Action"] == "sts:AssumeRole"
+    assert statement["Condition"] == {"StringEquals": {"sts:ExternalId": EXTERNAL_ID}}
+    # created first with this one: it must not name the role that does not exist yet
+    [boot] = rendered["bootstrap_trust"]["Statement"]
+    assert boot["Principal"] == {"AWS": policies.UC_MASTER_ROLE_ARN}
+    assert boot["Condition"] == statement["Condition"]
+
+
+def test_uc_master_role_default_is_databricks_commercial_aws_one():
+    assert policies.UC_MASTER_ROLE_ARN == (
+        "arn:aws:iam::414351767826:role/unity-catalog-prod-UCMasterRole-14S5ZJVKOTYTL"
+    )
+
+
+@pytest.mark.parametrize("account,region,bucket,role", CASES)
+def test_uc_permissions_are_scoped_to_the_bucket_and_the_role_itself(account, region, bucket, role):
+    permissions = policies.uc_policies(**values_for(account, region, bucket, role))["permissions"]
+    assert actions_by_resource(permissions) == {
+        f"arn:aws:s3:::{bucket}": UC_ACTIONS["bucket"],
+        f"arn:aws:s3:::{bucket}/*": UC_ACTIONS["objects"],
+        f"arn:aws:iam::{account}:role/{role}": UC_ACTIONS["self"],
+    }
+
+
+@pytest.mark.parametrize("account,region,bucket,role", CASES)
+def test_no_wildcard_actions_and_no_star_resource(account, region, bucket, role):
+    for name, policy in all_policies(values_for(account, region, bucket, role)).items():
+        for statement in policy["Statement"]:
+            for action in as_list(statement["Action"]):
+                assert "*" not in action, f"{name}: wildcard action {action}"
+            if (
+                name == "uc-file_events"
+                and statement["Sid"] == "ManagedFileEventsActionsWithoutResourceScope"
+            ):
+                continue  # checked below: those actions cannot be scoped
+            for resource in as_list(statement.get("Resource", [])):
+                assert resource != "*", f"{name}: Resource '*' in {statement.get('Sid')}"
+
+
+def test_file_events_star_resource_only_for_actions_aws_cannot_scope():
+    import parliament
+
+    statements = policies.uc_policies(file_events=True, **values_for(*CASES[0]))["file_events"]["Statement"]
+    [unscoped] = [s for s in statements if s.get("Resource") == "*"]
+    definitions = {
+        f"{svc['prefix']}:{p['privilege']}": p for svc in parliament.iam_definition for p in svc["privileges"]
+    }
+    for action in unscoped["Action"]:
+        resource_types = {r["resource_type"] for r in definitions[action]["resource_types"]}
+        assert resource_types == {""}, f"{action} supports a resource scope {resource_types}: scope it"
+    # everything else is limited to csms-* topics/queues of this account and region, or the bucket
+    for statement in statements:
+        if statement is not unscoped:
+            for resource in as_list(statement["Resource"]):
+                assert resource == f"arn:aws:s3:::{CASES[0][2]}" or re.fullmatch(
+                    rf"arn:aws:(sns|sqs):{CASES[0][1]}:{CASES[0][0]}:csms-\*", resource
+                ), resource
+
+
+@pytest.mark.parametrize("account,region,bucket,role", CASES)
+def test_parliament_finds_nothing(account, region, bucket, role):
+    for name, policy in all_policies(values_for(account, region, bucket, role)).items():
+        trust_role = f"arn:aws:iam::{account}:role/{role}" if "trust" in name else None
+        assert policies.lint_policy(policy, trust_role_arn=trust_role) == [], name
+
+
+def test_parliament_flags_the_original_course_policy():
+    # what aws-policy/README.md says the original course granted beyond need: Kinesis write/admin actions
+    # and logs:* on every resource. The lint must notice, or "finds nothing" above would mean little.
+    stream = "arn:aws:kinesis:us-east-1:123456789012:stream/jm-demo-kinesis-lab"
+    original = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "kinesis:CreateStream",
+                    "kinesis:DeleteStream",
+                    "kinesis:PutRecord",
+                    "kinesis:PutRecords",
+                    "kinesis:DescribeStream",
+                    "kinesis:GetRecords",
+                    "kinesis:GetShardIterator",
+                    "kinesis:ListShards",
+                ],
+                "Resource": stream,
+            },
+            {"Effect": "Allow", "Action": ["logs:*"], "Resource": "*"},
+        ],
+    }
+    findings = policies.lint_policy(original)
+    assert [f["issue"] for f in findings] == ["RESOURCE_STAR"]
+    assert "logs:PutLogEvents" in findings[0]["detail"]
+
+
+def test_lint_reads_a_trust_policy_condition_key():
+    trust = policies.firehose_policies(**values_for(*CASES[0]))["trust"]
+    trust["Statement"][0]["Condition"] = {"StringEquals": {"sts:ExternalIdentifier": "1"}}
+    assert [f["issue"] for f in policies.lint_policy(trust)] == ["UNKNOWN_CONDITION_FOR_ACTION"]
+
+
+def test_missing_placeholder_names_what_to_pass():
+    with pytest.raises(policies.PolicyTemplateError) as err:
+        policies.render_policy("uc-trust-policy", account_id="123456789012", role_name="r")
+    assert str(err.value) == (
+        "policy template 'uc-trust-policy' needs a value for: external_id, uc_master_role_arn "
+        "(pass external_id=..., uc_master_role_arn=...)"
+    )
+
+
+def test_unknown_template_and_unsafe_values_are_refused():
+    with pytest.raises(
+        policies.PolicyTemplateError, match=r"no policy template 'nope.json'.*firehose-trust-policy"
+    ):
+        policies.render_policy("nope")
+    with pytest.raises(policies.PolicyTemplateError, match="must not contain quotes"):
+        policies.render_policy("firehose-trust-policy", account_id='1", "Effect": "Deny')
+
+
+def test_values_come_from_a_lab_session():
+    cfg = LabConfig(region="eu-west-1", home=REPO)
+    session = LabSession(
+        cfg=cfg, account_id="123456789012", bucket=cfg.bucket_name("123456789012"), endpoint=None
+    )
+    fh = policies.firehose_policies(session)
+    resources = set(actions_by_resource(fh["permissions"]))
+    assert f"arn:aws:kinesis:eu-west-1:123456789012:stream/{cfg.stream_name}" in resources
+    assert "arn:aws:s3:::jm-demo-s3-lab-123456789012-eu-west-1" in resources
+    uc = policies.uc_policies(session, external_id=EXTERNAL_ID)
+    assert (
+        f"arn:aws:iam::123456789012:role/{cfg.uc_role_name}"
+        in uc["trust"]["Statement"][0]["Principal"]["AWS"]
+    )
+
+
+def test_log_stream_matches_the_delivery_stream_request():
+    request = build_delivery_stream_request(
+        delivery_stream_name="d",
+        stream_arn="arn:aws:kinesis:us-east-1:123456789012:stream/s",
+        role_arn="arn:aws:iam::123456789012:role/r",
+        bucket_arn="arn:aws:s3:::b",
+        prefix="p/",
+        error_output_prefix=None,
+        buffer_size_mb=1,
+        buffer_interval_seconds=60,
+        log_group="/aws/kinesisfirehose/d",
+    )
+    logging = request["ExtendedS3DestinationConfiguration"]["CloudWatchLoggingOptions"]
+    assert logging["LogStreamName"] == policies.FIREHOSE_LOG_STREAM
+
+
+def test_policy_diff_shows_only_the_change():
+    values = values_for(*CASES[0])
+    old = policies.uc_policies(**values)["trust"]
+    new = policies.uc_policies(**{**values, "external_id": "new-id"})["trust"]
+    diff = policies.policy_diff(old, new)
+    changed = [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    assert changed == [
+        f'-          "sts:ExternalId": "{EXTERNAL_ID}"',
+        '+          "sts:ExternalId": "new-id"',
+    ]
+    assert policies.policy_diff(old, json.loads(json.dumps(old))) == ""
+    # IAM may hand a one-item list back as a string: same meaning, no diff
+    boot = policies.uc_policies(**values)["bootstrap_trust"]
+    as_list_form = json.loads(json.dumps(boot))
+    as_list_form["Statement"][0]["Principal"]["AWS"] = [policies.UC_MASTER_ROLE_ARN]
+    assert policies.policy_diff(boot, as_list_form) == ""
+
+
+def test_readme_documents_every_template_and_placeholder():
+    readme = POLICY_README.read_text()
+    for path in (REPO / "aws-policy").glob("*.json"):
+        assert path.name in readme, path.name
+        for placeholder in policies.placeholders(path.stem):
+            assert f"${{{placeholder}}}" in readme, f"{path.name}: ${{{placeholder}}} not explained"
+    for action in set().union(*FIREHOSE_ACTIONS.values(), *UC_ACTIONS.values()):
+        assert f"`{action}`" in readme, f"{action} not explained in the README table"

@@ -1,0 +1,198 @@
+"""The producer without a network: records, event ids, malformed lines, batching limits."""
+
+from __future__ import annotations
+
+import csv
+import json
+import uuid
+
+import pytest
+
+from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH
+from kinesis_lab.producer import (
+    MAX_BYTES_PER_CALL,
+    MAX_RECORD_BYTES,
+    HeaderError,
+    Record,
+    RecordReader,
+    RecordTooLargeError,
+    event_id_for,
+    iter_batches,
+    iter_records,
+    scan_file,
+)
+
+HEADER = ",".join(COLUMNS)
+GOOD = "World,WORLD,Global,2020,9.6,160.00,Total,5-17 years"
+WHEN = "2024-05-01T12:00:00.000Z"
+
+
+def write(tmp_path, text: str | bytes, name="rows.csv"):
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+def records_of(path):
+    return list(iter_records(path, produced_at=WHEN))
+
+
+def payload(record: Record) -> dict:
+    assert record.data.endswith(b"\n") and record.data.count(b"\n") == 1
+    return json.loads(record.data)
+
+
+def test_sample_rows_become_raw_string_records():
+    records = records_of(SAMPLE_PATH)
+    with open(SAMPLE_PATH, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))[1:]
+    assert len(records) == len(rows) == 540
+    sha, lines = scan_file(SAMPLE_PATH)
+    assert lines == 541
+    for line, (record, row) in enumerate(zip(records, rows, strict=True), start=2):
+        body = payload(record)
+        assert record.kind == "row" and not record.malformed and record.line == line
+        assert [body[c] for c in COLUMNS] == row  # raw strings, no typing
+        assert body["event_id"] == record.event_id == record.partition_key == event_id_for(sha, line)
+        assert body["source_file"] == "child_labor_statistics_sample.csv"
+        assert body["source_line"] == line and body["produced_at"] == WHEN
+        assert list(body) == [*COLUMNS, "event_id", "source_file", "source_line", "produced_at"]
+
+
+def test_event_ids_are_deterministic(tmp_path):
+    text = f"{HEADER}\n{GOOD}\n{GOOD}\n"
+    first = [r.event_id for r in records_of(write(tmp_path, text, "a.csv"))]
+    again = [r.event_id for r in iter_records(write(tmp_path, text, "b.csv"))]  # other name, other time
+    changed = [r.event_id for r in records_of(write(tmp_path, text.replace("9.6", "9.7"), "c.csv"))]
+    assert first == again
+    assert first[0] != first[1]  # same content, other line
+    assert set(first).isdisjoint(changed)  # other file content
+    assert all(uuid.UUID(i).version == 5 for i in first)
+
+
+def test_produced_at_defaults_to_now_in_utc(tmp_path):
+    body = payload(next(iter_records(write(tmp_path, f"{HEADER}\n{GOOD}\n"))))
+    assert body["produced_at"].endswith("Z") and body["produced_at"][:2] == "20"
+
+
+def test_malformed_lines_travel_as_markers(tmp_path):
+    lines = [
+        HEADER,
+        GOOD + ",extra",  # 2: too many fields
+        "World,WORLD,Global,2020",  # 3: too few
+        GOOD.replace("World", "C\xf4te"),  # 4: latin-1 byte, not UTF-8 (written below)
+        '"Korea, Republic of,KOR,Asia,2020,1.0,0.1,Total,5-17 years',  # 5: unclosed quote
+        GOOD,  # 6: fine: the open quote above did not swallow it
+        '"World"x,WORLD,Global,2020,9.6,160.00,Total,5-17 years',  # 7: text after a closing quote
+    ]
+    raw = "\n".join(lines).encode("utf-8").replace("C\xf4te".encode(), b"C\xf4te") + b"\n"
+    records = records_of(write(tmp_path, raw))
+    assert [r.line for r in records] == [2, 3, 4, 5, 6, 7]
+    assert [r.kind for r in records] == ["malformed"] * 4 + ["row", "malformed"]
+    bodies = [payload(r) for r in records]
+    assert [b.get("error") for b in bodies] == [
+        "too many fields (9, expected 8)",
+        "too few fields (4, expected 8)",
+        "not valid UTF-8 (byte 0xf4 at byte 2)",
+        "unclosed quote",
+        None,
+        "CSV syntax: ',' expected after '\"'",
+    ]
+    assert bodies[0]["raw_line"] == GOOD + ",extra"
+    assert bodies[2]["raw_line"] == GOOD.replace("World", "C\ufffdte")  # invalid byte replaced
+    assert bodies[3]["malformed"] is True and bodies[3]["source_line"] == 5
+    assert set(bodies[0]) == {"event_id", "source_file", "source_line", "produced_at", "malformed", "error",
+                              "raw_line"}
+    assert bodies[4]["Country"] == "World"
+
+
+def test_bom_crlf_quoted_commas_and_non_ascii(tmp_path):
+    rows = [
+        '"Congo, Democratic Republic of the",COD,Sub-Saharan Africa,2019,38.1,11.40,Boys,5-17 years',
+        "Côte d'Ivoire,CIV,Sub-Saharan Africa,2016,31.5,2.64,Girls,7-14 years",
+        '"São Tomé and Príncipe",STP,Sub-Saharan Africa,2014,15.2,0.01,Total,5-17 years',
+        'Türkiye,TUR,Other,2012,4.4,"0.97",Male,"5-17 years"',
+    ]
+    path = write(tmp_path, ("\ufeff" + HEADER + "\r\n" + "\r\n".join(rows) + "\r\n").encode("utf-8"))
+    bodies = [payload(r) for r in records_of(path)]
+    assert [b["Country"] for b in bodies] == [
+        "Congo, Democratic Republic of the", "Côte d'Ivoire", "São Tomé and Príncipe", "Türkiye"]
+    assert bodies[0]["Country_Code"] == "COD" and bodies[3]["Age_Group"] == "5-17 years"  # no "\r" left
+    assert bodies[3]["Estimated_Children_Millions"] == "0.97"
+    assert "Côte d'Ivoire".encode() in records_of(path)[1].data  # UTF-8 in the record, not \u escapes
+
+
+def test_reordered_header_gives_canonical_records(tmp_path):
+    order = list(reversed(COLUMNS))
+    values = dict(zip(COLUMNS, GOOD.split(","), strict=True))
+    path = write(tmp_path, ",".join(order) + "\n" + ",".join(values[c] for c in order) + "\n")
+    body = payload(records_of(path)[0])
+    assert [body[c] for c in COLUMNS] == GOOD.split(",")
+    assert list(body)[:8] == list(COLUMNS)
+
+
+def test_header_missing_a_column_is_refused_before_reading(tmp_path):
+    path = write(tmp_path, HEADER.replace(",Gender", "") + "\n" + GOOD + "\n", "bad_header.csv")
+    with pytest.raises(HeaderError) as err:
+        iter_records(path)
+    assert str(err.value) == (
+        "bad_header.csv: the header does not match the course's columns: missing column(s): Gender. "
+        "Expected (any order): Country, Country_Code, Region, Year, Child_Labor_Rate_Percent, "
+        "Estimated_Children_Millions, Gender, Age_Group"
+    )
+
+
+def test_empty_header_only_and_blank_lines(tmp_path):
+    assert records_of(write(tmp_path, "", "empty.csv")) == []
+    assert records_of(write(tmp_path, HEADER + "\n", "header.csv")) == []
+    reader = RecordReader(write(tmp_path, f"{HEADER}\n\n{GOOD}\n  \n{GOOD}", "blanks.csv"))
+    assert [r.line for r in reader] == [3, 5]  # last line without "\n" still counts
+    assert reader.blank_lines == 2 and reader.data_lines == 4
+    with pytest.raises(FileNotFoundError, match="CSV file not found"):
+        RecordReader(tmp_path / "missing.csv")
+
+
+def test_lines_over_one_mib_become_oversize_markers(tmp_path):
+    huge = "x" * (MAX_RECORD_BYTES + 10)  # the line itself is over 1 MiB
+    escaped = "\\" * (600 * 1024)  # 600 KiB line, but JSON doubles every backslash
+    text = f"{HEADER}\n{GOOD.replace('World', huge)}\n{GOOD.replace('World', escaped)}\n{GOOD}\n"
+    records = records_of(write(tmp_path, text))
+    assert [(r.line, r.kind) for r in records] == [(2, "oversize"), (3, "oversize"), (4, "row")]
+    first, second = payload(records[0]), payload(records[1])
+    assert first["error"] == f"record over 1 MiB (line of {len(GOOD) - 5 + len(huge)} bytes)"
+    assert first["raw_line"] == huge[:4096] and first["malformed"] is True
+    assert second["error"].startswith("record over 1 MiB (") and second["raw_line"] == escaped[:4096]
+    assert all(r.size <= MAX_RECORD_BYTES for r in records)
+
+
+def fake(size: int, line: int, key: str = "k" * 36) -> Record:
+    """A record of exactly ``size`` bytes, partition key included."""
+    return Record(b"x" * (size - len(key)), key, key, line)
+
+
+def test_batches_hold_at_most_500_records():
+    batches = list(iter_batches(fake(100, n) for n in range(1001)))
+    assert [len(b) for b in batches] == [500, 500, 1]
+    assert [r.line for b in batches for r in b] == list(range(1001))
+    assert [len(b) for b in iter_batches(fake(100, n) for n in range(500))] == [500]
+
+
+def test_batches_count_partition_keys_toward_five_mib():
+    half = 512 * 1024
+    exact = [fake(half, n) for n in range(10)]  # 10 x 512 KiB = 5 MiB exactly, keys included
+    assert sum(r.size for r in exact) == MAX_BYTES_PER_CALL
+    assert [len(b) for b in iter_batches(exact)] == [10]
+    # data alone would still fit in 5 MiB; with the partition keys it does not
+    over = [fake(half + 4, n) for n in range(10)]
+    assert sum(len(r.data) for r in over) <= MAX_BYTES_PER_CALL < sum(r.size for r in over)
+    assert [len(b) for b in iter_batches(over)] == [9, 1]
+
+
+def test_a_record_over_one_mib_is_refused_by_the_batcher():
+    assert [len(b) for b in iter_batches([fake(MAX_RECORD_BYTES, 7)])] == [1]
+    with pytest.raises(RecordTooLargeError) as err:
+        list(iter_batches([fake(10, 6), fake(MAX_RECORD_BYTES + 1, 7)]))
+    assert str(err.value) == (
+        "line 7: record of 1048577 bytes (data + partition key) is over the 1048576-byte limit per record")
+    with pytest.raises(ValueError, match="max_records must be 1..500"):
+        list(iter_batches([], max_records=501))

@@ -1,0 +1,452 @@
+"""Unity Catalog access: the UC role on the local stack with IAM enforcement on, the SQL templates, and
+the Databricks helpers that need no workspace."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.request
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from kinesis_lab import policies, uc
+
+REPO = Path(__file__).resolve().parents[1]
+REGION = "us-east-1"
+LAB_BUCKET = "jm-demo-s3-lab-123456789012-us-east-1"
+OTHER_BUCKET = "someone-elses-bucket"
+ROLE_NAME = "DatabricksUCRoleKinesisLab"
+EXTERNAL_ID = "3f1e2d4c-aaaa-bbbb-cccc-0123456789ab"
+ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+
+
+# --- the UC role on moto, IAM enforced ---------------------------------------------------------------------
+def set_iam_enforcement(endpoint: str, on: bool) -> None:
+    """moto checks signatures and policies after this many requests: 0 = from now on, inf = never."""
+    req = urllib.request.Request(
+        f"{endpoint}/moto-api/reset-auth",
+        data=b"0" if on else b"inf",
+        method="POST",
+        headers={"Content-Type": "text/plain"},
+    )  # a form content type loses the body
+    urllib.request.urlopen(req, timeout=10).close()
+
+
+@contextmanager
+def iam_enforced(endpoint: str):
+    set_iam_enforcement(endpoint, True)
+    try:
+        yield
+    finally:
+        set_iam_enforcement(endpoint, False)  # the rest of the session runs with dummy keys
+
+
+def user_with_keys(iam, name: str, policy: dict | None = None) -> boto3.Session:
+    iam.create_user(UserName=name)
+    if policy:
+        iam.put_user_policy(UserName=name, PolicyName="inline", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return boto3.Session(
+        aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"], region_name=REGION
+    )
+
+
+def session_from(credentials: dict) -> boto3.Session:
+    return boto3.Session(
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+        region_name=REGION,
+    )
+
+
+def denied(call) -> bool:
+    try:
+        call()
+    except ClientError as exc:
+        assert exc.response["Error"]["Code"] in ("AccessDenied", "403"), exc.response["Error"]
+        return True
+    return False
+
+
+@pytest.mark.stack
+def test_uc_role_on_the_stack_with_iam_enforced(clean_stack):
+    iam = boto3.client("iam", region_name=REGION)
+    account = boto3.client("sts", region_name=REGION).get_caller_identity()["Account"]
+    # set up while auth is off: an admin to do the work, and a user standing in for Databricks' UC master
+    # role (moto cannot hold Databricks' account; only the principal's ARN differs from real AWS)
+    admin = user_with_keys(iam, "lab-admin", ALLOW_ALL)
+    databricks = user_with_keys(
+        iam,
+        "uc-master-stand-in",
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": "sts:AssumeRole",
+                    "Resource": policies.role_arn(account, ROLE_NAME),
+                }
+            ],
+        },
+    )
+    stand_in_arn = f"arn:aws:iam::{account}:user/uc-master-stand-in"
+    admin_iam = admin.client("iam")
+    create_role_trust = []  # what create_role really sent, seen through botocore's event hook
+    admin_iam.meta.events.register(
+        "before-parameter-build.iam.CreateRole",
+        lambda params, **_: create_role_trust.append(json.loads(params["AssumeRolePolicyDocument"])),
+    )
+
+    with iam_enforced(clean_stack.endpoint):
+        s3 = admin.client("s3")
+        for bucket in (LAB_BUCKET, OTHER_BUCKET):
+            s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket=LAB_BUCKET, Key="bronze/ingestion_date=2026/01/01/batch-1", Body=b'{"a": 1}\n')
+        s3.put_object(Bucket=OTHER_BUCKET, Key="secret.json", Body=b"{}")
+
+        first = uc.ensure_uc_role(
+            admin_iam,
+            role_name=ROLE_NAME,
+            account_id=account,
+            bucket=LAB_BUCKET,
+            external_id=uc.PLACEHOLDER_EXTERNAL_ID,
+            tags={"project": "kinesis-lab"},
+            uc_master_role_arn=stand_in_arn,
+        )
+        # created first with the UC master principal only, then the role was added to its own trust
+        assert create_role_trust == [json.loads(json.dumps(first["old_trust"]))]
+        assert create_role_trust[0]["Statement"][0]["Principal"] == {"AWS": stand_in_arn}
+        assert first["created"] and first["trust_changed"] and first["permissions_changed"]
+        stored = admin_iam.get_role(RoleName=ROLE_NAME)["Role"]
+        assert policies.canonical(stored["AssumeRolePolicyDocument"]) == policies.canonical(
+            first["new_trust"]
+        )
+        assert {"Key": "project", "Value": "kinesis-lab"} in stored["Tags"]
+
+        # Databricks issues the real external id: run again, only the trust condition changes
+        second = uc.ensure_uc_role(
+            admin_iam,
+            role_name=ROLE_NAME,
+            account_id=account,
+            bucket=LAB_BUCKET,
+            external_id=EXTERNAL_ID,
+            tags={"project": "kinesis-lab"},
+            uc_master_role_arn=stand_in_arn,
+        )
+        assert (second["created"], second["trust_changed"], second["permissions_changed"]) == (
+            False,
+            True,
+            False,
+        )
+        diff = policies.policy_diff(second["old_trust"], second["new_trust"])
+        assert f'-          "sts:ExternalId": "{uc.PLACEHOLDER_EXTERNAL_ID}"' in diff.splitlines()
+        assert f'+          "sts:ExternalId": "{EXTERNAL_ID}"' in diff.splitlines()
+        third = uc.ensure_uc_role(
+            admin_iam,
+            role_name=ROLE_NAME,
+            account_id=account,
+            bucket=LAB_BUCKET,
+            external_id=EXTERNAL_ID,
+            tags={"project": "kinesis-lab"},
+            uc_master_role_arn=stand_in_arn,
+        )
+        assert (third["created"], third["trust_changed"], third["permissions_changed"]) == (
+            False,
+            False,
+            False,
+        )
+
+        sts = databricks.client("sts")
+        role_arn = second["role_arn"]
+
+        def assume(**kw):
+            return sts.assume_role(RoleArn=role_arn, RoleSessionName="databricks-uc", **kw)["Credentials"]
+
+        assert denied(lambda: assume(ExternalId="wrong-id"))
+        assert denied(lambda: assume(ExternalId=uc.PLACEHOLDER_EXTERNAL_ID))  # the old id no longer works
+        # moto gap: with NO external id at all moto allows it (it only checks values that are sent);
+        # real AWS denies it because the StringEquals condition has no value to match.
+        assert assume()["AccessKeyId"]
+        # a principal the trust policy does not name is refused even with the right id and sts:* rights
+        assert denied(
+            lambda: admin.client("sts").assume_role(
+                RoleArn=role_arn, RoleSessionName="admin", ExternalId=EXTERNAL_ID
+            )
+        )
+        as_role = session_from(assume(ExternalId=EXTERNAL_ID))
+
+        role_s3 = as_role.client("s3")
+        listed = role_s3.list_objects_v2(Bucket=LAB_BUCKET, Prefix="bronze/")["Contents"]
+        assert [o["Key"] for o in listed] == ["bronze/ingestion_date=2026/01/01/batch-1"]
+        assert role_s3.get_object(Bucket=LAB_BUCKET, Key=listed[0]["Key"])["Body"].read() == b'{"a": 1}\n'
+        role_s3.put_object(Bucket=LAB_BUCKET, Key="_validation/probe", Body=b"x")
+        role_s3.delete_object(Bucket=LAB_BUCKET, Key="_validation/probe")
+        assert denied(lambda: role_s3.get_object(Bucket=OTHER_BUCKET, Key="secret.json"))
+        assert denied(lambda: role_s3.list_objects_v2(Bucket=OTHER_BUCKET))
+        assert denied(lambda: role_s3.put_object(Bucket=OTHER_BUCKET, Key="x", Body=b"x"))
+        assert denied(lambda: as_role.client("iam").list_roles())
+
+        # moto gap: on AWS the role may assume itself (the trust policy names its ARN and the permissions
+        # policy allows it); moto compares the caller's assumed-role session ARN with the role ARN and denies.
+        assert denied(
+            lambda: as_role.client("sts").assume_role(
+                RoleArn=role_arn, RoleSessionName="self", ExternalId=EXTERNAL_ID
+            )
+        )
+
+    # enforcement is off again for the rest of the session
+    assert boto3.client("s3", region_name=REGION).list_buckets()["Buckets"]
+
+
+@pytest.mark.stack
+def test_enforcement_switch_really_refuses_unknown_keys(clean_stack):
+    with iam_enforced(clean_stack.endpoint):
+        assert (
+            denied_code(lambda: boto3.client("s3", region_name=REGION).list_buckets()) == "InvalidAccessKeyId"
+        )
+    assert "Buckets" in boto3.client("s3", region_name=REGION).list_buckets()
+
+
+def denied_code(call) -> str:
+    try:
+        call()
+    except ClientError as exc:
+        return exc.response["Error"]["Code"]
+    return ""
+
+
+def test_propagation_retry_waits_then_succeeds():
+    err = ClientError(
+        {"Error": {"Code": "MalformedPolicyDocument", "Message": "Invalid principal in policy"}},
+        "UpdateAssumeRolePolicy",
+    )
+    attempts, slept = [], []
+
+    def call():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise err
+        return "ok"
+
+    assert uc._retry_while_propagating(call, delays=(1, 2, 4), sleep=slept.append) == "ok"
+    assert slept == [1, 2]
+    attempts.clear()
+    with pytest.raises(ClientError):
+        uc._retry_while_propagating(lambda: (_ for _ in ()).throw(err), delays=(1,), sleep=slept.append)
+    other = ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "UpdateAssumeRolePolicy")
+    slept.clear()
+    with pytest.raises(ClientError):
+        uc._retry_while_propagating(lambda: (_ for _ in ()).throw(other), delays=(1,), sleep=slept.append)
+    assert slept == []  # only the propagation error is retried
+
+
+# --- Databricks workspace detection -------------------------------------------------------------------------
+@pytest.fixture
+def no_databricks_env(monkeypatch, tmp_path):
+    for name in (
+        "DATABRICKS_HOST",
+        "DATABRICKS_TOKEN",
+        "DATABRICKS_CONFIG_PROFILE",
+        "DATABRICKS_AUTH_TYPE",
+        "DATABRICKS_CLIENT_ID",
+        "DATABRICKS_CLIENT_SECRET",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "databrickscfg"))
+    return tmp_path / "databrickscfg"
+
+
+def test_no_workspace_configured_is_false_at_once(no_databricks_env):
+    start = time.monotonic()
+    assert uc.databricks_workspace_configured() is False
+    assert time.monotonic() - start < 1.0
+
+
+def test_profile_without_host_or_with_browser_login_is_false(no_databricks_env):
+    no_databricks_env.write_text(
+        "[DEFAULT]\ntoken = dapi123\n\n[browser]\nhost = https://example.invalid\n"
+        "auth_type = external-browser\n"
+    )
+    assert uc.databricks_workspace_configured() is False
+    start = time.monotonic()
+    assert uc.databricks_workspace_configured(profile="browser") is False  # would open a browser: refused
+    assert time.monotonic() - start < 1.0
+
+
+def test_workspace_with_host_and_token_is_true(no_databricks_env, monkeypatch):
+    # a stand-in workspace on localhost: the SDK asks it for host metadata (404 -> falls back), no internet
+    class NotFoundHandler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFoundHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("DATABRICKS_HOST", f"http://127.0.0.1:{server.server_address[1]}")
+        assert uc.databricks_workspace_configured() is False  # a host alone is not a login
+        monkeypatch.setenv("DATABRICKS_TOKEN", "dapi-not-a-real-token")
+        assert uc.databricks_workspace_configured() is True
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- storage credential helpers (real SDK types, no workspace) ---------------------------------------------
+def test_credential_fields_and_validation_rows():
+    from databricks.sdk.service.catalog import (
+        AwsIamRoleResponse,
+        StorageCredentialInfo,
+        ValidateStorageCredentialResponse,
+        ValidationResult,
+        ValidationResultOperation,
+        ValidationResultResult,
+    )
+
+    info = StorageCredentialInfo(
+        name="kinesis_lab_cred",
+        aws_iam_role=AwsIamRoleResponse(
+            role_arn="arn:aws:iam::123456789012:role/r",
+            external_id=EXTERNAL_ID,
+            unity_catalog_iam_arn="arn:aws:iam::414351767826:role/other-master",
+        ),
+    )
+    assert uc.external_id_of(info) == EXTERNAL_ID
+    assert uc.uc_master_role_arn_of(info) == "arn:aws:iam::414351767826:role/other-master"
+    assert uc.uc_master_role_arn_of(StorageCredentialInfo(name="x")) == policies.UC_MASTER_ROLE_ARN
+    with pytest.raises(ValueError, match="'x' has no AWS IAM role external id"):
+        uc.external_id_of(StorageCredentialInfo(name="x"))
+
+    response = ValidateStorageCredentialResponse(
+        is_dir=True,
+        results=[
+            ValidationResult(operation=ValidationResultOperation.READ, result=ValidationResultResult.PASS),
+            ValidationResult(
+                operation=ValidationResultOperation.WRITE,
+                result=ValidationResultResult.FAIL,
+                message="AccessDenied",
+            ),
+        ],
+    )
+    assert uc.validation_rows(response) == [
+        {"operation": "READ", "result": "PASS", "message": ""},
+        {"operation": "WRITE", "result": "FAIL", "message": "AccessDenied"},
+    ]
+    assert uc.validation_rows(ValidateStorageCredentialResponse()) == []
+
+
+# --- SQL templates -----------------------------------------------------------------------------------------
+SQL_VALUES = {
+    "01_catalog_and_schemas.sql": dict(catalog="kinesis_lab"),
+    "02_external_location.sql": dict(
+        location="kinesis_lab_landing",
+        bucket=LAB_BUCKET,
+        credential="kinesis_lab_cred",
+        principal="account users",
+    ),
+    "03_explore_pipeline_tables.sql": dict(
+        catalog="kinesis_lab", bronze_schema="bronze", silver_schema="silver", gold_schema="gold"
+    ),
+}
+
+
+def test_every_sql_template_is_covered():
+    assert {p.name for p in uc.SQL_DIR.glob("*.sql*")} == set(SQL_VALUES)
+
+
+@pytest.mark.parametrize("name", sorted(SQL_VALUES))
+def test_sql_templates_render_completely(name):
+    sql = uc.render_sql(name.removesuffix(".sql"), **SQL_VALUES[name])
+    assert "${" not in sql
+    statements = uc.sql_statements(sql)
+    assert statements and not any(
+        line.lstrip().startswith("--") for s in statements for line in s.splitlines()
+    )
+
+
+def test_catalog_sql_creates_catalog_and_three_schemas():
+    statements = uc.sql_statements(uc.render_sql("01_catalog_and_schemas", catalog="kinesis_lab"))
+    creates = [s.split("\n")[0] for s in statements if s.startswith("CREATE")]
+    assert creates == [
+        "CREATE CATALOG IF NOT EXISTS `kinesis_lab`",
+        "CREATE SCHEMA IF NOT EXISTS `kinesis_lab`.`bronze`",
+        "CREATE SCHEMA IF NOT EXISTS `kinesis_lab`.`silver`",
+        "CREATE SCHEMA IF NOT EXISTS `kinesis_lab`.`gold`",
+    ]
+
+
+def test_external_location_sql():
+    statements = uc.sql_statements(
+        uc.render_sql("02_external_location", **SQL_VALUES["02_external_location.sql"])
+    )
+    assert statements[0].split() == [
+        "CREATE",
+        "EXTERNAL",
+        "LOCATION",
+        "IF",
+        "NOT",
+        "EXISTS",
+        "`kinesis_lab_landing`",
+        "URL",
+        f"'s3://{LAB_BUCKET}/'",
+        "WITH",
+        "(STORAGE",
+        "CREDENTIAL",
+        "`kinesis_lab_cred`)",
+        "COMMENT",
+        "'Firehose",
+        "landing",
+        "bucket",
+        "of",
+        "the",
+        "kinesis",
+        "lab'",
+    ]
+    assert "GRANT READ FILES ON EXTERNAL LOCATION `kinesis_lab_landing` TO `account users`" in statements
+    assert f"LIST 's3://{LAB_BUCKET}/bronze/' LIMIT 20" in statements
+
+
+def pipeline_tables() -> dict[str, str]:
+    """Tables and materialized views the pipeline defines (not temporary views): name -> layer."""
+    names = set()
+    for path in (REPO / "databricks" / "pipeline" / "transformations").glob("*.py"):
+        names |= set(re.findall(r"@dp\.(?:table|materialized_view)\(\s*name=\"(\w+)\"", path.read_text()))
+    return {name: name.split("_")[0] for name in names}
+
+
+def test_explore_sql_reads_every_pipeline_table():
+    tables = pipeline_tables()
+    assert {"bronze_events", "silver_events", "silver_quarantine", "gold_rate_by_region_year"} <= set(tables)
+    sql = uc.render_sql("03_explore_pipeline_tables", **SQL_VALUES["03_explore_pipeline_tables.sql"])
+    referenced = set(re.findall(r"`kinesis_lab`\.`(\w+)`\.`(\w+)`", sql))
+    # every table the pipeline makes is counted, in its layer's schema, and nothing else is read
+    assert referenced == {(layer, name) for name, layer in tables.items()}
+
+
+def test_sql_missing_value_and_unsafe_value():
+    with pytest.raises(uc.SqlTemplateError) as err:
+        uc.render_sql("02_external_location", bucket="b", credential="c")
+    assert str(err.value) == (
+        "SQL template '02_external_location' needs a value for: location, principal "
+        "(pass location=..., principal=...)"
+    )
+    with pytest.raises(uc.SqlTemplateError, match="contains a quote"):
+        uc.render_sql("01_catalog_and_schemas", catalog="x`; DROP CATALOG main; --")
+    with pytest.raises(uc.SqlTemplateError, match=r"no SQL template 'nope'.*01_catalog_and_schemas.sql"):
+        uc.render_sql("nope")
+
+
+def test_sql_statements_keeps_double_dashes_inside_values():
+    sql = "-- a comment\nLIST 's3://my--bucket/' LIMIT 1;\n  -- another\nSELECT 1;"
+    assert uc.sql_statements(sql) == ["LIST 's3://my--bucket/' LIMIT 1", "SELECT 1"]
