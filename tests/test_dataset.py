@@ -121,6 +121,7 @@ def test_check_columns(tmp_path):
     assert header("") == ["the file is empty (no header line)"]
     assert header("\n") == ["the header line is empty"]
     assert header("", raw=b"Country,\xff\n") == ["the header line is not valid UTF-8"]
+    assert header("", raw=b"x" * (2 * 1024 * 1024)) == ["the first line is over 1 MiB: not a CSV header"]
 
 
 def test_preview_keeps_raw_text(tmp_path):

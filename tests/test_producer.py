@@ -142,6 +142,12 @@ def test_header_missing_a_column_is_refused_before_reading(tmp_path):
     )
 
 
+def test_a_first_line_over_one_mib_is_not_read_whole(tmp_path):
+    path = write(tmp_path, b"x" * (3 * 1024 * 1024), "no_newline.csv")
+    with pytest.raises(HeaderError, match="^no_newline.csv: the first line is over 1 MiB: not a CSV header$"):
+        RecordReader(path)
+
+
 def test_empty_header_only_and_blank_lines(tmp_path):
     assert records_of(write(tmp_path, "", "empty.csv")) == []
     assert records_of(write(tmp_path, HEADER + "\n", "header.csv")) == []

@@ -1,5 +1,5 @@
 -- The lab's catalog and one schema per medallion layer (the original course made only `silver`).
--- Placeholders: ${catalog}. Run as a user who may create catalogs on the metastore.
+-- Template values: catalog. Run as a user who may create catalogs on the metastore.
 
 CREATE CATALOG IF NOT EXISTS `${catalog}`
   COMMENT 'Kinesis -> Firehose -> S3 -> Databricks course';

@@ -1,7 +1,7 @@
 -- Register the Firehose landing bucket with Unity Catalog and check it can be listed.
--- Placeholders: ${location} (external location name), ${bucket}, ${credential} (storage credential
--- name, created with the SDK/UI: there is no SQL for it), ${principal} (user or group given read access,
--- e.g. `account users`).
+-- Template values: location (external location name), bucket, credential (storage credential name,
+-- created with the SDK/UI: there is no SQL for it), principal (user or group given read access, e.g.
+-- account users).
 
 CREATE EXTERNAL LOCATION IF NOT EXISTS `${location}`
   URL 's3://${bucket}/'

@@ -1,6 +1,6 @@
 -- Look at what the pipeline produced.
--- Placeholders: ${catalog}; ${bronze_schema}, ${silver_schema}, ${gold_schema}: where each layer's tables
--- are (pass the pipeline's schema for all three when it publishes everything into one schema).
+-- Template values: catalog; bronze_schema, silver_schema, gold_schema: where each layer's tables are
+-- (pass the pipeline's schema for all three when it publishes everything into one schema).
 
 -- Rows per table: bronze = silver + quarantine + duplicates dropped in silver
 SELECT 'bronze_events' AS table_name, COUNT(*) AS row_count

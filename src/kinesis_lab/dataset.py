@@ -202,9 +202,11 @@ def header_problems(fields: list[str]) -> list[str]:
 def check_columns(path: str | Path) -> list[str]:
     """Problems with the file's header line (missing / unexpected / duplicate columns). Empty: fine."""
     with Path(path).open("rb") as fh:
-        first = fh.readline()
+        first = fh.readline(1024 * 1024)
     if not first:
         return ["the file is empty (no header line)"]
+    if len(first) == 1024 * 1024 and not first.endswith(b"\n"):
+        return ["the first line is over 1 MiB: not a CSV header"]
     try:
         text = first.decode("utf-8-sig").rstrip("\r\n")
     except UnicodeDecodeError:

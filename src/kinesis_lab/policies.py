@@ -200,3 +200,30 @@ def lint_policy(policy: dict | str, *, trust_role_arn: str | None = None) -> lis
 def _statements(policy: dict) -> list[dict]:
     statements = policy.get("Statement", [])
     return statements if isinstance(statements, list) else [statements]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m kinesis_lab.policies firehose|uc trust|permissions [--external-id ID]``: print a policy
+    rendered for the current target and account, to use with the AWS CLI (``file://policy.json``)."""
+    import argparse
+
+    from kinesis_lab.aws import connect
+    from kinesis_lab.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m kinesis_lab.policies", description=main.__doc__)
+    parser.add_argument("role", choices=["firehose", "uc"])
+    parser.add_argument("kind", choices=["trust", "permissions", "bootstrap_trust", "file_events"])
+    parser.add_argument("--external-id", default="0000", help="uc only: the storage credential's external id")
+    args = parser.parse_args(argv)
+    session = connect(load_config(), start_stack=False)
+    if args.role == "firehose":
+        found = firehose_policies(session)
+    else:
+        found = uc_policies(session, external_id=args.external_id, file_events=args.kind == "file_events")
+    if args.kind not in found:
+        parser.error(f"{args.role} has no {args.kind} policy (it has: {', '.join(found)})")
+    print(json.dumps(found[args.kind], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -148,7 +148,8 @@ class RecordReader:
         self._fixed_time = produced_at
         self.columns: list[str] | None = None  # header names in file order; None: empty file
         with self.path.open("rb") as fh:
-            header = fh.readline()
+            header = fh.readline(MAX_RECORD_BYTES)
+        self._header_bytes = len(header)
         if header:
             self.columns = self._parse_header(header)
 
@@ -158,6 +159,8 @@ class RecordReader:
         return max(0, self.total_lines - 1)
 
     def _parse_header(self, raw: bytes) -> list[str]:
+        if len(raw) == MAX_RECORD_BYTES and not raw.endswith(b"\n"):
+            raise HeaderError(f"{self.source_file}: the first line is over 1 MiB: not a CSV header")
         try:
             text = raw.decode("utf-8-sig").rstrip("\r\n")  # utf-8-sig drops a byte order mark
             names = [f.strip() for f in next(csv.reader([text], strict=True), [])]
@@ -210,7 +213,7 @@ class RecordReader:
 
         line = 1
         with self.path.open("rb") as fh:
-            fh.readline()  # the header, checked in __init__
+            fh.seek(self._header_bytes)  # past the header, checked in __init__
             while raw := fh.readline(MAX_RECORD_BYTES + 1):
                 line += 1
                 event_id = make_id(line)
@@ -393,14 +396,15 @@ def simulate_throttling(kinesis_client, rate: float, seed: int = 0, call_rate: f
 # --- producing -------------------------------------------------------------------------------------
 @dataclass
 class ProduceResult:
-    """Counts of one run. records_sent = csv_rows + malformed_rows + oversize_rows once complete."""
+    """Counts of one run. Once complete, records_sent = csv_rows + malformed_rows (every marker record,
+    oversize ones included) and matches the quarantine downstream."""
 
     source_file: str
     stream_name: str
     file_sha256: str = ""
     csv_rows: int = 0  # well-formed data lines delivered
-    malformed_rows: int = 0  # marker records delivered for lines that could not be parsed
-    oversize_rows: int = 0  # marker records delivered for lines over 1 MiB
+    malformed_rows: int = 0  # marker records delivered (lines that could not be parsed or were too big)
+    oversize_rows: int = 0  # of which: lines whose record would be over 1 MiB
     blank_lines: int = 0  # empty lines, nothing to send
     records_sent: int = 0
     bytes_sent: int = 0
@@ -533,10 +537,9 @@ def produce_file(
                     ids_file.write(f"{record.event_id}\n")
                 if record.kind == "row":
                     result.csv_rows += 1
-                elif record.kind == "malformed":
-                    result.malformed_rows += 1
                 else:
-                    result.oversize_rows += 1
+                    result.malformed_rows += 1
+                    result.oversize_rows += record.kind == "oversize"
             bar.update(batch[-1].line - line_done)
             line_done = batch[-1].line
             if undelivered:
