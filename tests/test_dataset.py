@@ -22,8 +22,12 @@ def read_rows(path):
 
 def test_shipped_sample_is_what_the_script_generates(tmp_path):
     out = tmp_path / "sample.csv"
-    done = subprocess.run([sys.executable, str(SAMPLE_PATH.parent / "generate_sample.py"), "--out", str(out)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, str(SAMPLE_PATH.parent / "generate_sample.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "wrote 540 synthetic rows" in done.stdout
     assert out.read_bytes() == SAMPLE_PATH.read_bytes()
 
@@ -45,15 +49,24 @@ def test_sample_has_the_real_files_shape_and_quirks():
     assert '"Korea, Republic of"' in text and '"Congo, Democratic Republic of the"' in text
     rows = read_rows(SAMPLE_PATH)
     assert tuple(rows[0]) == COLUMNS
-    data = rows[1:]
-    assert len(data) == 540
-    assert all(len(r) == 8 for r in data)
+    assert len(rows) - 1 == 540
+    # the dirty rows are there, once each, and the one malformed line has 9 fields
+    assert sum(1 for r in rows[1:] if len(r) != 8) == 1
+    assert dataset.MALFORMED_LINE + "\n" in text
+    for dirty in dataset.DIRTY_ROWS:
+        assert rows.count(dirty) == 1, dirty
+    data = [r for r in rows[1:] if len(r) == 8 and r not in dataset.DIRTY_ROWS]
     countries = {r[0] for r in data}
     assert {"Côte d'Ivoire", "Türkiye", "São Tomé and Príncipe", "Korea, Republic of"} <= countries
     assert ("World", "WORLD", "Global") in {(r[0], r[1], r[2]) for r in data}
     assert all(len(r[1]) == 3 and r[1].isupper() for r in data if r[1] != "WORLD")
-    assert {r[2] for r in data} >= {"Sub-Saharan Africa", "Asia and the Pacific",
-                                    "Latin America and the Caribbean", "Other", "Global"}
+    assert {r[2] for r in data} >= {
+        "Sub-Saharan Africa",
+        "Asia and the Pacific",
+        "Latin America and the Caribbean",
+        "Other",
+        "Global",
+    }
     assert {r[6] for r in data} == {"Total", "Female", "Male", "Boys", "Girls"}
     assert {r[7] for r in data} == {"7-14 years", "5-17 years"}
     for r in data:
@@ -71,7 +84,10 @@ def test_load_dataset_sample_and_paths(tmp_path):
     assert load_dataset(str(SAMPLE_PATH)) == SAMPLE_PATH
     with pytest.raises(DatasetError) as err:
         load_dataset(tmp_path / "nope.csv")
-    assert str(err.value) == f"dataset file not found: {tmp_path / 'nope.csv'} (give a CSV path, 'sample' or 'kaggle')"
+    assert (
+        str(err.value)
+        == f"dataset file not found: {tmp_path / 'nope.csv'} (give a CSV path, 'sample' or 'kaggle')"
+    )
 
 
 def test_load_dataset_kaggle_without_kagglehub_says_how_to_install(monkeypatch):
@@ -90,14 +106,18 @@ def test_load_dataset_kaggle_unreachable_and_found(monkeypatch, tmp_path):
     with pytest.raises(DatasetError) as err:
         load_dataset("kaggle")
     assert str(err.value).startswith(
-        "could not download shaistashahid/child-labor-statistics from Kaggle (ConnectionError: no route to host)")
+        "could not download shaistashahid/child-labor-statistics from Kaggle (ConnectionError: no route to host)"
+    )
     assert "source='sample'" in str(err.value)
 
     (tmp_path / "notes.csv").write_text("a,b\n1,2\n")
     (tmp_path / "child_labor.csv").write_text(HEADER + "\n")
     calls = []
-    monkeypatch.setitem(sys.modules, "kagglehub",
-                        types.SimpleNamespace(dataset_download=lambda h: calls.append(h) or str(tmp_path)))
+    monkeypatch.setitem(
+        sys.modules,
+        "kagglehub",
+        types.SimpleNamespace(dataset_download=lambda h: calls.append(h) or str(tmp_path)),
+    )
     assert load_dataset("kaggle") == tmp_path / "child_labor.csv"
     assert calls == ["shaistashahid/child-labor-statistics"]
 

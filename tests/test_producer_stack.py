@@ -61,10 +61,10 @@ def test_throttled_sample_arrives_exactly_once(kinesis, tmp_path):
     bodies = [b for shard in stored.values() for b in shard]
     ids = Counter(b["event_id"] for b in bodies)
 
-    assert result.csv_rows == result.records_sent == len(bodies) == SAMPLE_ROWS
+    assert result.csv_rows + result.malformed_rows == result.records_sent == len(bodies) == SAMPLE_ROWS
     assert max(ids.values()) == 1  # each event exactly once: failed entries were never written
     assert result.records_retried > 0 and result.records_retried == result.failed_entries
-    assert result.malformed_rows == result.oversize_rows == 0
+    assert result.malformed_rows == 1 and result.oversize_rows == 0  # the sample's one malformed line
     assert result.per_shard == {shard: len(b) for shard, b in stored.items() if b}
     assert len(result.per_shard) == 4  # ON_DEMAND: 4 shards, event ids spread over all of them
     written = ids_path.read_text().splitlines()
@@ -72,7 +72,8 @@ def test_throttled_sample_arrives_exactly_once(kinesis, tmp_path):
     assert result.event_ids_sha256 == hashlib.sha256(ids_path.read_bytes()).hexdigest()
     by_line = sorted(bodies, key=lambda b: b["source_line"])
     assert [b["source_line"] for b in by_line] == list(range(2, SAMPLE_ROWS + 2))
-    assert [[b[c] for c in COLUMNS] for b in by_line] == sample_rows()
+    assert [[b[c] for c in COLUMNS] for b in by_line if not b.get("malformed")] == [
+        row for row in sample_rows() if len(row) == len(COLUMNS)]
     assert written == [b["event_id"] for b in by_line]  # the id file is in line order
     assert result.as_dict()["records_sent"] == SAMPLE_ROWS
 

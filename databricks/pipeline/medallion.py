@@ -4,6 +4,13 @@ Bronze keeps every non-blank line that landed in S3; silver types and checks it;
 The files under ``transformations/`` only wire these functions into the pipeline, so they can be
 unit-tested without a pipeline run and work the same on Databricks and on open-source Spark.
 Everything here is streaming-safe (no actions, no ordering) unless it says it is batch only (gold).
+
+Spark Connect caveats (open-source SDP 4.3 runs pipeline code through Spark Connect), found the hard
+way: use ``select("*", expr.alias(name))`` rather than ``withColumn``, and ``select`` rather than
+``drop``. ``drop`` analyses the plan while the pipeline is still registering its datasets and fails
+(the upstream table does not exist yet); ``withColumn`` over a pipeline table that already exists
+makes SDP read it as an external table, so the flow no longer waits for its upstream flow and
+misses the rows that flow adds in the same run.
 """
 
 from __future__ import annotations
@@ -78,7 +85,7 @@ _FIELD_RULES = {
     "country_code_present": "Country_Code IS NOT NULL",
     "gender_present": "Gender IS NOT NULL",
     "age_group_present": "Age_Group IS NOT NULL",
-    "gender_known": "Gender IN ('Total', 'Female', 'Male')",
+    "gender_known": "Gender IS NULL OR Gender IN ('Total', 'Female', 'Male')",  # missing: gender_present
     "year_in_range": f"Year BETWEEN {MIN_YEAR} AND year(current_date())",
     "rate_in_range": "Child_Labor_Rate_Percent BETWEEN 0 AND 100",
     "children_non_negative": "Estimated_Children_Millions >= 0",
@@ -191,7 +198,8 @@ def quality_rules() -> dict[str, str]:
 def with_rule_violations(candidates_df: DataFrame) -> DataFrame:
     """Adds ``broken_rules``: array<string> of the names of the rules the row breaks (empty = valid)."""
     checks = [F.when(~F.expr(expression), F.lit(name)) for name, expression in quality_rules().items()]
-    return candidates_df.withColumn("broken_rules", F.filter(F.array(*checks), lambda name: name.isNotNull()))
+    broken_rules = F.filter(F.array(*checks), lambda name: name.isNotNull())
+    return candidates_df.select("*", broken_rules.alias("broken_rules"))
 
 
 def valid_rows(checked_df: DataFrame) -> DataFrame:
@@ -259,10 +267,8 @@ def latest_rate_by_country(silver_df: DataFrame) -> DataFrame:
         )
     )
     newest_first = Window.partitionBy("Country_Code").orderBy(F.col("Year").desc(), F.col("Country"))
-    # explicit select, not .drop(): drop() analyses the plan eagerly, which fails while a pipeline
-    # registers its datasets (silver_events does not exist yet)
     return (
-        per_year.withColumn("_pick", F.row_number().over(newest_first))
+        per_year.select("*", F.row_number().over(newest_first).alias("_pick"))
         .where(F.col("_pick") == 1)
         .select("Country", "Country_Code", "Region", "Year", "rate_percent", "children_millions")
     )
@@ -274,7 +280,7 @@ def top_countries_latest_rate(silver_df: DataFrame, n: int = 10) -> DataFrame:
     countries = latest_rate_by_country(silver_df).where(F.col("Country_Code").rlike("^[A-Z]{3}$"))
     highest_first = Window.orderBy(F.col("rate_percent").desc(), F.col("Country"))
     return (
-        countries.withColumn("rank", F.row_number().over(highest_first))
+        countries.select("*", F.row_number().over(highest_first).alias("rank"))
         .where(F.col("rank") <= n)
         .select(
             "rank",

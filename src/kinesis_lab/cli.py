@@ -86,6 +86,27 @@ def cmd_produce(args) -> int:
     return 0
 
 
+def cmd_pipeline(args) -> int:
+    import boto3
+
+    from kinesis_lab import aws, local_pipeline
+
+    cfg = load_config(target=args.target)
+    session = aws.connect(cfg, start_stack=False)
+    mirror = local_pipeline.mirror_s3_prefix(boto3.client("s3", region_name=cfg.region), session.bucket,
+                                             cfg.s3_prefix, local_pipeline.external_location_dir(cfg.build_dir))
+    print(f"mirrored {mirror.new_objects} new of {mirror.total_objects} objects from s3://{session.bucket}/")
+    try:
+        local_pipeline.run_pipeline(cfg.home / "databricks" / "pipeline", source_path=mirror.source_dir,
+                                    build_dir=cfg.build_dir, full_refresh=args.full_refresh)
+    except local_pipeline.PipelineError as exc:
+        raise CliError(str(exc).splitlines()[0]) from exc
+    summary = local_pipeline.pipeline_summary(cfg.build_dir)
+    for key in ("bronze_rows", "silver_rows", "quarantine_rows"):
+        print(f"{key:16} {summary[key]}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from kinesis_lab import demo
 
@@ -114,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stream", help="stream name (default: the configured one)")
     sp.add_argument("--simulated-failure-rate", type=float, default=0.0)
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sp = add("pipeline", cmd_pipeline, "mirror the Firehose prefix from S3 and run the medallion pipeline locally")
+    sp.add_argument("--full-refresh", action="store_true", help="rebuild every table from all files")
     sp = add("demo", cmd_demo, "run the whole notebook series on the local stack and write build/run-summary.json")
     sp.add_argument("--dataset", help="CSV with the course's columns (default: the shipped synthetic sample)")
     sp.add_argument("--simulated-failure-rate", type=float, default=0.0)

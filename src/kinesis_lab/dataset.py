@@ -102,11 +102,28 @@ def _synthetic_row(rng: random.Random, country: tuple) -> list[str]:
     return [name, code, region, str(year), f"{rate:.1f}", f"{millions:.2f}", gender, age_group]
 
 
-def generate_synthetic_sample(path: str | Path = SAMPLE_PATH, rows: int = 540, seed: int = 42) -> Path:
+# What real exports contain now and then: each breaks one silver rule (see databricks/pipeline/medallion.py),
+# so the quarantine has something to show. The last one is not even CSV with 8 fields.
+DIRTY_ROWS = (
+    ["Nepal", "NPL", "Asia and the Pacific", "2012", "N/A", "1.10", "Total", "5-17 years"],
+    ["Peru", "PER", "Latin America and the Caribbean", "1899", "16.4", "1.30", "Total", "5-17 years"],
+    ["Ghana", "GHA", "Sub-Saharan Africa", "2016", "19.9", "-0.40", "Female", "7-14 years"],
+    ["Chad", "TCD", "Sub-Saharan Africa", "2019", "37.5", "2.20", "Unknown", "5-17 years"],
+    ["Haiti", "", "Latin America and the Caribbean", "2015", "23.0", "0.75", "Total", "5-17 years"],
+    ["Mali", "MLI", "Sub-Saharan Africa", "2018", "104.5", "3.10", "Boys", "5-17 years"],
+    ["Brazil", "BRA", "Latin America and the Caribbean", "2011", "5.4", "2.20", "Girls", ""],
+)
+MALFORMED_LINE = "Congo, Republic of,COG,Sub-Saharan Africa,2014,22.5,0.60,Total,5-17 years"  # unquoted comma
+
+
+def generate_synthetic_sample(path: str | Path = SAMPLE_PATH, rows: int = 540, seed: int = 42,
+                              dirty: bool = False) -> Path:
     """Write a seeded synthetic CSV shaped like the real file (same seed -> same bytes).
 
     Keys (Country, Year, Gender, Age_Group) are not unique, as in the real file: about 2 % of the
-    rows are exact duplicates and about 1 % repeat a key with a revised value.
+    rows are exact duplicates and about 1 % repeat a key with a revised value. With ``dirty`` (the
+    shipped sample), ``DIRTY_ROWS`` and ``MALFORMED_LINE`` replace rows at seeded places: the total
+    stays ``rows`` data lines.
     """
     if rows < 1:
         raise ValueError(f"rows must be at least 1, got {rows}")
@@ -128,8 +145,16 @@ def generate_synthetic_sample(path: str | Path = SAMPLE_PATH, rows: int = 540, s
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
+    if dirty:
+        bad = [*DIRTY_ROWS, MALFORMED_LINE]
+        for at, row in zip(sorted(rng.sample(range(len(table)), min(len(bad), len(table)))), bad, strict=False):
+            table[at] = row
     writer.writerow(COLUMNS)
-    writer.writerows(table)
+    for row in table:
+        if isinstance(row, str):  # a raw line, written as is
+            buffer.write(row + "\n")
+        else:
+            writer.writerow(row)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue().encode("utf-8"))

@@ -15,7 +15,8 @@ from kinesis_lab.summary import read_summary, reconciliation_problems, summary_p
 
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_.+\.ipynb$")
 # what a fresh demo run starts without, under the build folder
-RUN_ARTIFACTS = ("notebooks", "pipeline", "external_location", "run-summary.json", "figures", "demo-stack")
+RUN_ARTIFACTS = ("notebooks", "lakehouse", "external_location", "run-summary.json", "figures", "demo-stack",
+                 "databricks-sql", "firehose-delivery-stream.json")
 
 
 def series(notebooks_dir: Path) -> list[Path]:

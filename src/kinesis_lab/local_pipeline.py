@@ -9,16 +9,20 @@ pyarrow, so a notebook needs no second JVM (which would also fight over the Derb
 Layout under ``build_dir``: ``external_location/`` (the mirror), ``lakehouse/`` (rendered spec,
 warehouse, metastore, checkpoints, run logs). Deleting ``lakehouse/`` starts the pipeline afresh.
 
-Running this file (under spark-submit, see run_pipeline) is the ``spark-pipelines`` CLI plus one step:
-it creates the spec's database first, which the stock CLI expects to exist.
+Running this file (see run_pipeline) is the ``spark-pipelines`` CLI with two additions: its Spark
+Connect server gets a free port (not the fixed 15002, so parallel runs do not collide) and the
+spec's database is created first (the stock CLI expects it to exist).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -34,11 +38,11 @@ BRONZE_TABLE = "bronze_events"
 SILVER_TABLE = "silver_events"
 QUARANTINE_TABLE = "silver_quarantine"
 GOLD_PREFIX = "gold_"
-DEFAULT_TIMEOUT = 900  # seconds; a cold run takes about a minute on 2 cores
+DEFAULT_TIMEOUT = 900  # seconds; a run takes 1-2 minutes on 2 cores
 
 # pipeline log lines worth showing while it runs: flow state changes and the end of the run
 PROGRESS_LINE = re.compile(r"Flow \S+ (is STARTING|has COMPLETED|has FAILED|is FAILED)|Run is \w+")
-FLOW_STATE = re.compile(r"Flow (?:\S+\.)?(\w+) (?:is|has) ([A-Z]+)")
+FLOW_STATE = re.compile(r"(?:(\d\d:\d\d:\d\d): )?Flow '?(?:\S+\.)?(\w+)'? (?:is|has) ([A-Z]+)")
 RUN_STATE = re.compile(r"Run is ([A-Z]+)")
 
 
@@ -107,6 +111,11 @@ def mirror_s3_prefix(s3_client, bucket: str, prefix: str, local_dir: str | Path)
     )
 
 
+def repo_pipeline_dir(home: str | Path) -> Path:
+    """The pipeline root in the repository (the folder Databricks deploys): ``databricks/pipeline``."""
+    return Path(home) / "databricks" / "pipeline"
+
+
 def external_location_dir(build_dir: str | Path) -> Path:
     """Where the notebooks mirror the bucket (the local stand-in for the UC external location)."""
     return Path(build_dir) / "external_location"
@@ -128,6 +137,8 @@ class PipelineRun:
     spec_path: Path
     full_refresh: bool
     flows: dict[str, str] = field(default_factory=dict)  # flow (table) -> its last state, e.g. COMPLETED
+    # (time "HH:MM:SS", flow, state) in log order: STARTING / RUNNING / COMPLETED / FAILED ...
+    timeline: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 # Static settings are fixed when Spark starts; the spec's configuration is applied to every flow
@@ -199,20 +210,14 @@ def render_spec(pipeline_dir: str | Path, *, build_dir: str | Path, configuratio
     return spec_path
 
 
-def _pipelines_command(spec_path: Path, full_refresh: bool) -> list[str]:
-    """``spark-pipelines run`` with this file as the CLI script (it creates the database first)."""
-    import pyspark
-
-    spark_home = Path(pyspark.__file__).parent
-    command = [
-        str(spark_home / "bin" / "spark-class"),
-        "org.apache.spark.deploy.SparkPipelines",
-        str(Path(__file__).resolve()),
-        "run",
-        "--spec",
-        str(spec_path),
-    ]
-    return [*command, "--full-refresh-all"] if full_refresh else command
+def _pipelines_command(spec_path: Path, full_refresh: bool, dry_run: bool = False) -> list[str]:
+    """``spark-pipelines run --spec ...``: the same CLI (pyspark.pipelines.cli), started from this
+    file (see _pipelines_cli) with plain Python, which starts one Spark Connect JVM; the
+    ``spark-pipelines`` script goes through spark-submit, which starts a second JVM only to
+    launch Python (about 10 s more per run)."""
+    action = "dry-run" if dry_run else "run"
+    command = [sys.executable, str(Path(__file__).resolve()), action, "--spec", str(spec_path)]
+    return [*command, "--full-refresh-all"] if full_refresh and not dry_run else command
 
 
 def run_pipeline(
@@ -224,29 +229,60 @@ def run_pipeline(
     extra_conf: Mapping[str, str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     echo: Callable[[str], None] | None = print,
+    dry_run: bool = False,
 ) -> PipelineRun:
-    """Run the pipeline once (an incremental update, or ``full_refresh``: reset every table).
+    """Run the pipeline once (an incremental update, or ``full_refresh``: reset every table;
+    ``dry_run``: only check that the graph resolves, as ``spark-pipelines dry-run``).
 
     The full log goes to ``lakehouse/logs/run-<time>.log``; flow starts/completions go to ``echo``
     (None: silent). Raises PipelineError with the end of the log if the run fails or times out."""
     pipeline_dir = Path(pipeline_dir).resolve()
     lakehouse = lakehouse_dir(build_dir).resolve()
-    configuration, static_conf = spark_settings(source_path=source_path, build_dir=build_dir, extra_conf=extra_conf)
+    lakehouse.mkdir(parents=True, exist_ok=True)
+    with build_lock(build_dir):
+        return _run_locked(
+            pipeline_dir, lakehouse, source_path, build_dir, full_refresh, extra_conf, timeout, echo, dry_run
+        )
+
+
+@contextlib.contextmanager
+def build_lock(build_dir: str | Path):
+    """One pipeline run at a time per build folder (two would fight over the Derby metastore)."""
+    lock_path = lakehouse_dir(build_dir) / ".run.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(
+                f"another pipeline run is using {Path(build_dir).resolve()}: wait until it finishes"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_locked(
+    pipeline_dir, lakehouse, source_path, build_dir, full_refresh, extra_conf, timeout, echo, dry_run
+):
+    configuration, static_conf = spark_settings(
+        source_path=source_path, build_dir=build_dir, extra_conf=extra_conf
+    )
     spec_path = render_spec(pipeline_dir, build_dir=build_dir, configuration=configuration)
     logs = lakehouse / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     env = {
         **os.environ,
-        "SPARK_HOME": str(_spark_home()),
         "PYSPARK_PYTHON": sys.executable,
-        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "PYTHONUNBUFFERED": "1",  # progress lines as they happen
         "PYTHONPATH": os.pathsep.join(filter(None, [str(pipeline_dir), os.environ.get("PYTHONPATH")])),
         STATIC_CONF_ENV: json.dumps(static_conf),
     }
-    env.pop("SPARK_REMOTE", None)
-    command = _pipelines_command(spec_path, full_refresh)
+    command = _pipelines_command(spec_path, full_refresh, dry_run)
     flows: dict[str, str] = {}
+    timeline: list[tuple[str, str, str]] = []
     run_states: list[str] = []
     started = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log:
@@ -266,8 +302,11 @@ def run_pipeline(
         def pump() -> None:
             for line in process.stdout:
                 log.write(line)
+                log.flush()  # so the log can be followed while the run goes on
                 if match := FLOW_STATE.search(line):
-                    flows[match.group(1)] = match.group(2)
+                    clock, flow, state = match.groups()
+                    flows[flow] = state
+                    timeline.append((clock or "", flow, state))
                 if match := RUN_STATE.search(line):
                     run_states.append(match.group(1))
                 if echo is not None and PROGRESS_LINE.search(line):
@@ -294,13 +333,7 @@ def run_pipeline(
         )
     if echo is not None:
         echo(f"pipeline run finished in {duration:.1f} s (log: {log_path})")
-    return PipelineRun(duration, log_path, spec_path, full_refresh, dict(flows))
-
-
-def _spark_home() -> Path:
-    import pyspark
-
-    return Path(pyspark.__file__).parent
+    return PipelineRun(duration, log_path, spec_path, full_refresh, dict(flows), list(timeline))
 
 
 def _short_progress(line: str) -> str:
@@ -343,7 +376,9 @@ def table_paths(build_dir: str | Path, database: str = DATABASE) -> dict[str, Pa
     database_dir = warehouse_dir(build_dir) / f"{database}.db"
     if not database_dir.is_dir():
         return {}
-    return {p.name: p for p in sorted(database_dir.iterdir()) if p.is_dir() and not p.name.startswith((".", "_"))}
+    return {
+        p.name: p for p in sorted(database_dir.iterdir()) if p.is_dir() and not p.name.startswith((".", "_"))
+    }
 
 
 def _data_files(table_dir: Path) -> list[Path]:
@@ -405,29 +440,49 @@ def pipeline_summary(build_dir: str | Path, database: str = DATABASE) -> dict:
         "silver_rows": table_rows(build_dir, SILVER_TABLE, database),
         "quarantine_rows": table_rows(build_dir, QUARANTINE_TABLE, database),
         "quarantine_by_rule": dict(sorted(by_rule.items(), key=lambda item: (-item[1], item[0]))),
-        "gold_tables": {name: table_rows(build_dir, name, database) for name in paths if name.startswith(GOLD_PREFIX)},
+        "gold_tables": {
+            name: table_rows(build_dir, name, database) for name in paths if name.startswith(GOLD_PREFIX)
+        },
         "table_paths": {name: str(path) for name, path in paths.items()},
     }
 
 
-# --- entry point under spark-submit (see _pipelines_command) ----------------------------------------
+# --- entry point of the pipeline subprocess (see _pipelines_command) ----------------------------------------
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _pipelines_cli() -> None:
-    """The stock ``spark-pipelines`` CLI, after creating the spec's database: the CLI fails with
-    SCHEMA_NOT_FOUND otherwise, and a pipeline file may not run DDL itself."""
+    """The stock ``spark-pipelines`` CLI (pyspark.pipelines.cli.main) with two changes made before it
+    runs: its Spark Connect server listens on a free local port, not the fixed 15002 (so runs from
+    several notebooks or tests do not collide), and the spec's database exists (the CLI fails with
+    SCHEMA_NOT_FOUND otherwise, and pipeline files may not run DDL)."""
     from pyspark.pipelines import cli
-    from pyspark.sql import SparkSession
+    from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
 
     args = sys.argv[1:]
-    if "--spec" in args:
-        spec = cli.load_pipeline_spec(Path(args[args.index("--spec") + 1]))
-        builder = SparkSession.builder
-        # the first session starts the Spark (Connect) server: the only moment static settings apply
-        settings = {**json.loads(os.environ.get(STATIC_CONF_ENV) or "{}"), **spec.configuration}
-        for key, value in settings.items():
-            builder = builder.config(key, value)
-        spark = builder.getOrCreate()
+    spec = cli.load_pipeline_spec(Path(args[args.index("--spec") + 1])) if "--spec" in args else None
+    if spec is not None:
+        port = _free_port()
+        settings = {
+            **json.loads(os.environ.get(STATIC_CONF_ENV) or "{}"),
+            **spec.configuration,
+            "spark.connect.grpc.binding.address": "127.0.0.1",
+            "spark.connect.grpc.binding.port": str(port),
+        }
+        os.environ.pop("SPARK_REMOTE", None)
+        # what `--remote local` does (start the JVM with the Connect plugin and a random auth token,
+        # static settings apply here and only here), but on our port; pyspark 4.3 API
+        RemoteSparkSession._start_connect_server("local[*]", settings)
+        os.environ["SPARK_LOCAL_REMOTE"] = "1"  # stopping the session stops this server
+        os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+        # "localhost": the client then talks plain text (with the token), as for `--remote local`
+        spark = RemoteSparkSession.builder.remote(f"sc://localhost:{port}").getOrCreate()
         if spec.database:
             spark.sql(f"CREATE DATABASE IF NOT EXISTS `{spec.database}`")
+        # cli.run's SparkSession.builder.getOrCreate() now returns this session
     cli.main()
 
 

@@ -11,8 +11,11 @@ per batch, random partition keys, failed entries never resent):
   (``"malformed": true``, ``error``, ``raw_line``) and ends in quarantine downstream;
 - batches respect the PutRecords limits (500 records, 5 MiB with partition keys, 1 MiB per record);
   a record over 1 MiB becomes a marker (``error`` "record over 1 MiB ...") so nothing is lost;
-- failed entries (and throttled calls) are resent with exponential backoff and full jitter until
-  all are delivered, or a ``DeliveryError`` says how many were not.
+- only failed entries are resent, merged into the next calls (oldest failure first) until all are
+  delivered, or a ``DeliveryError`` says which were not (a record still failing ``max_retry_seconds``
+  after its first failure). A call in which nothing got through (a throttled call, every entry
+  throttled) is followed by an exponential backoff with full jitter; once throttling shows up, the
+  send rate adapts to what the stream accepts (``_SendRate``), so its capacity is used, not wasted.
 
 One CSV record per physical line: the dataset has no multi-line fields, and a quote left open at the
 end of a line marks that line malformed instead of swallowing the rest of the file.
@@ -20,14 +23,15 @@ end of a line marks that line malformed instead of swallowing the rest of the fi
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import json
 import random
 import time
 import uuid
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +47,17 @@ MAX_BYTES_PER_CALL = 5 * 1024 * 1024  # data + partition keys
 MAX_RECORD_BYTES = 1024 * 1024  # data + partition key
 BACKOFF_BASE_SECONDS = 0.05
 BACKOFF_CAP_SECONDS = 2.0
+# adaptive pacing once throttled (see _SendRate)
+PACE_WINDOW_SECONDS = 0.5  # the send rate is re-evaluated over windows at least this long
+PACE_HEADROOM = 0.10  # pace a little over the accepted rate: the capacity stays fully used
+PACE_RAISE = 1.10  # per window whose throttled share is near the baseline
+PACE_EXCESS_HIGH = 0.06  # throttled share over the baseline that slows sending down
+PACE_EXCESS_LOW = 0.03  # ... and under which sending speeds up again
+PACE_BASELINE_WINDOWS = 8
+PACE_MIN_RATE = 10.0
+PACE_MAX_RATE = 1e7
+PACE_MAX_GAP_SECONDS = 0.5  # paced calls are cut to about this many seconds of entries
+MAX_OPEN_RECORDS = 50_000  # records read but not yet committed (a record failing again and again holds them)
 RAW_LINE_KEEP_CHARS = 4096  # how much of an oversize line its marker keeps
 READ_CHUNK = 1024 * 1024
 # fixed namespace: event ids stay the same across machines and versions
@@ -262,23 +277,32 @@ def iter_records(path: str | Path, *, produced_at: datetime | str | None = None)
     return iter(RecordReader(path, produced_at=produced_at))
 
 
-def iter_batches(records: Iterable[Record], max_records: int = MAX_RECORDS_PER_CALL,
-                 max_bytes: int = MAX_BYTES_PER_CALL) -> Iterator[list[Record]]:
-    """Group records into PutRecords calls: at most ``max_records`` and ``max_bytes`` (data + partition
-    keys) each. A record over 1 MiB raises ``RecordTooLargeError`` naming its line."""
+def _check_limits(max_records: int, max_bytes: int) -> None:
     if not 1 <= max_records <= MAX_RECORDS_PER_CALL:
         raise ValueError(f"max_records must be 1..{MAX_RECORDS_PER_CALL} (the PutRecords limit), got {max_records}")
     if not 1 <= max_bytes <= MAX_BYTES_PER_CALL:
         raise ValueError(f"max_bytes must be 1..{MAX_BYTES_PER_CALL} (5 MiB, the PutRecords limit), got {max_bytes}")
+
+
+def _check_size(record: Record, max_bytes: int) -> int:
+    size = record.size
+    if size > MAX_RECORD_BYTES or size > max_bytes:
+        raise RecordTooLargeError(
+            f"line {record.line}: record of {size} bytes (data + partition key) is over the "
+            f"{min(MAX_RECORD_BYTES, max_bytes)}-byte limit per record"
+        )
+    return size
+
+
+def iter_batches(records: Iterable[Record], max_records: int = MAX_RECORDS_PER_CALL,
+                 max_bytes: int = MAX_BYTES_PER_CALL) -> Iterator[list[Record]]:
+    """Group records into PutRecords calls: at most ``max_records`` and ``max_bytes`` (data + partition
+    keys) each. A record over 1 MiB raises ``RecordTooLargeError`` naming its line."""
+    _check_limits(max_records, max_bytes)
     batch: list[Record] = []
     batch_bytes = 0
     for record in records:
-        size = record.size
-        if size > MAX_RECORD_BYTES or size > max_bytes:
-            raise RecordTooLargeError(
-                f"line {record.line}: record of {size} bytes (data + partition key) is over the "
-                f"{min(MAX_RECORD_BYTES, max_bytes)}-byte limit per record"
-            )
+        size = _check_size(record, max_bytes)
         if batch and (len(batch) >= max_records or batch_bytes + size > max_bytes):
             yield batch
             batch, batch_bytes = [], 0
@@ -288,7 +312,7 @@ def iter_batches(records: Iterable[Record], max_records: int = MAX_RECORDS_PER_C
         yield batch
 
 
-# --- simulated throttling --------------------------------------------------------------------------
+# --- simulated throttling ---------------------------------------------------------------------------
 class _RawBody:
     """The minimal ``raw`` an ``AWSResponse`` reads its body from."""
 
@@ -299,12 +323,125 @@ class _RawBody:
         yield self._body
 
 
+def hash_key(partition_key: str, explicit_hash_key: str | None = None) -> int:
+    """Where Kinesis puts a record: the MD5 of the partition key as a 128-bit integer (big-endian), or
+    the ``ExplicitHashKey`` when one is given."""
+    if explicit_hash_key:
+        return int(explicit_hash_key)
+    return int.from_bytes(hashlib.md5(partition_key.encode("utf-8")).digest(), "big")
+
+
+class _Bucket:
+    """A token bucket: ``rate`` tokens per second, holding at most ``size``."""
+
+    __slots__ = ("rate", "size", "tokens")
+
+    def __init__(self, rate: float, size: float, fill: float):
+        self.rate, self.size, self.tokens = rate, size, size * fill
+
+    def refill(self, seconds: float) -> None:
+        self.tokens = min(self.size, self.tokens + self.rate * seconds)
+
+
+@dataclass
+class ShardCapacity:
+    """Simulated write capacity of a stream: per shard, a token bucket of ``records_per_second`` and
+    one of ``bytes_per_second`` (data + partition key), each holding ``burst_seconds`` of capacity and
+    starting ``initial_fill`` full. Entries go to shards as on Kinesis (``hash_key`` against the
+    shards' HashKeyRanges). ``admit`` takes a call's entries in order: an entry passes if its shard has
+    a record token and enough byte tokens left (and uses them); otherwise it is over capacity and uses
+    nothing, as a throttled entry on AWS.
+
+    ``shards``: ``(shard_id, starting_hash_key, ending_hash_key)`` of the open shards; see
+    ``from_stream``. ``clock``: seconds, monotonic (a fake one in tests). Real AWS limits per shard:
+    1,000 records/s and 1 MiB/s; an on-demand stream starts at 4,000 records/s and 4 MB/s (4 shards).
+    """
+
+    shards: list[tuple[str, int, int]]
+    records_per_second: float = 1000.0
+    bytes_per_second: float = float(MAX_RECORD_BYTES)
+    burst_seconds: float = 1.0
+    initial_fill: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    admitted: Counter = field(init=False, default_factory=Counter)  # entries let through, per shard
+    throttled: Counter = field(init=False, default_factory=Counter)  # entries over capacity, per shard
+    admitted_bytes: int = field(init=False, default=0)
+
+    def __post_init__(self):
+        if not self.shards:
+            raise ValueError("a stream needs at least one shard")
+        if self.records_per_second <= 0 or self.bytes_per_second <= 0 or self.burst_seconds <= 0:
+            raise ValueError("records_per_second, bytes_per_second and burst_seconds must be > 0")
+        if not 0.0 <= self.initial_fill <= 1.0:
+            raise ValueError(f"initial_fill must be between 0 and 1, got {self.initial_fill}")
+        self.shards = sorted(((sid, int(lo), int(hi)) for sid, lo, hi in self.shards), key=lambda s: s[1])
+        self._starts = [lo for _, lo, _ in self.shards]
+        self._records = {sid: _Bucket(self.records_per_second, self.records_per_second * self.burst_seconds,
+                                      self.initial_fill) for sid, _, _ in self.shards}
+        self._bytes = {sid: _Bucket(self.bytes_per_second, self.bytes_per_second * self.burst_seconds,
+                                    self.initial_fill) for sid, _, _ in self.shards}
+        self._last = self.clock()
+
+    @classmethod
+    def from_stream(cls, kinesis, stream_name: str, **kwargs) -> ShardCapacity:
+        """The open shards of ``stream_name`` (``list_shards``), each with the given capacity."""
+        shards, params = [], {"StreamName": stream_name}
+        while True:
+            page = kinesis.list_shards(**params)
+            for shard in page["Shards"]:
+                if "EndingSequenceNumber" in shard.get("SequenceNumberRange", {}):
+                    continue  # closed (split or merged): takes no writes
+                rng = shard["HashKeyRange"]
+                shards.append((shard["ShardId"], int(rng["StartingHashKey"]), int(rng["EndingHashKey"])))
+            if not page.get("NextToken"):
+                return cls(shards, **kwargs)
+            params = {"NextToken": page["NextToken"]}
+
+    @property
+    def records_limit(self) -> float:
+        """The stream's capacity in records per second (all shards)."""
+        return self.records_per_second * len(self.shards)
+
+    def shard_of(self, partition_key: str, explicit_hash_key: str | None = None) -> str:
+        key = hash_key(partition_key, explicit_hash_key)
+        at = bisect.bisect_right(self._starts, key) - 1
+        sid, lo, hi = self.shards[max(at, 0)]
+        if not lo <= key <= hi:
+            raise ValueError(f"hash key {key} is in no shard's HashKeyRange")
+        return sid
+
+    def admit(self, entries: list[dict]) -> list[tuple[int, str]]:
+        """Apply one PutRecords call's entries (``Data``, ``PartitionKey``, optional ``ExplicitHashKey``)
+        in order; returns ``(index, shard_id)`` of the entries over capacity."""
+        now = self.clock()
+        elapsed, self._last = max(0.0, now - self._last), now
+        for bucket in (*self._records.values(), *self._bytes.values()):
+            bucket.refill(elapsed)
+        over = []
+        for i, entry in enumerate(entries):
+            key = entry.get("PartitionKey", "")
+            sid = self.shard_of(key, entry.get("ExplicitHashKey"))
+            data = entry.get("Data", b"")
+            size = len(data.encode("utf-8") if isinstance(data, str) else data) + len(key.encode("utf-8"))
+            records, volume = self._records[sid], self._bytes[sid]
+            if records.tokens >= 1.0 and volume.tokens >= size:
+                records.tokens -= 1.0
+                volume.tokens -= size
+                self.admitted[sid] += 1
+                self.admitted_bytes += size
+            else:
+                over.append((i, sid))
+                self.throttled[sid] += 1
+        return over
+
+
 @dataclass
 class ThrottlingSimulator:
     """Botocore hooks on one Kinesis client that make PutRecords behave like a throttled stream.
 
     Partial failures are faithful to AWS: the chosen entries are taken out of the request before it is
     sent (so they are never written) and put back, failed in place, into the parsed response.
+    Entries fail at random (``rate``), and/or when over a simulated ``capacity`` (``ShardCapacity``).
     ``call_rate`` also answers whole calls with a ProvisionedThroughputExceededException (nothing sent).
     """
 
@@ -314,6 +451,7 @@ class ThrottlingSimulator:
     call_rate: float = 0.0
     injected_entries: int = 0
     injected_calls: int = 0
+    capacity: ShardCapacity | None = None
     _rng: random.Random = field(init=False, repr=False)
 
     _KEY = "kinesis_lab_simulated_failures"
@@ -333,22 +471,34 @@ class ThrottlingSimulator:
         )
 
     def register(self) -> None:
+        if getattr(self.client, self._KEY, None) is not None:
+            raise RuntimeError("a throttling simulation is already active on this client: use one "
+                               "ThrottlingSimulator with both rate and capacity instead of nesting them")
+        setattr(self.client, self._KEY, self)
         for event, handler, unique_id in self._handlers():
             self.client.meta.events.register(event, handler, unique_id=unique_id)
 
     def unregister(self) -> None:
         for event, handler, unique_id in self._handlers():
             self.client.meta.events.unregister(event, handler, unique_id=unique_id)
+        if getattr(self.client, self._KEY, None) is self:
+            setattr(self.client, self._KEY, None)
 
     def _remove_failed_entries(self, params, context, **_kwargs):
         entries = params.get("Records") or []
-        failed = [i for i in range(len(entries)) if self._rng.random() < self.rate]
+        stream = params.get("StreamName") or params.get("StreamARN", "")
+        failed: dict[int, str] = {}  # entry index -> the shard named in its error message ("" unknown)
+        if self.rate > 0:
+            failed = {i: "" for i in range(len(entries)) if self._rng.random() < self.rate}
+        if self.capacity is not None:
+            rest = [i for i in range(len(entries)) if i not in failed]
+            for at, shard_id in self.capacity.admit([entries[i] for i in rest]):
+                failed[rest[at]] = shard_id
         if not failed:
             return
-        context[self._KEY] = (len(entries), failed, params.get("StreamName") or params.get("StreamARN", ""))
+        context[self._KEY] = (len(entries), failed, stream)
         if len(failed) < len(entries):
-            chosen = set(failed)
-            params["Records"] = [e for i, e in enumerate(entries) if i not in chosen]
+            params["Records"] = [e for i, e in enumerate(entries) if i not in failed]
         # all chosen: the request stays valid (>= 1 entry) and before-call answers it without sending
 
     def _answer_if_all_failed(self, context, **_kwargs):
@@ -372,10 +522,13 @@ class ThrottlingSimulator:
             return
         total, failed, stream = state
         sent = iter(parsed.get("Records", []))
-        chosen = set(failed)
-        error = {"ErrorCode": THROTTLED,
-                 "ErrorMessage": f"Rate exceeded for shard in stream {stream} (simulated by kinesis_lab)"}
-        parsed["Records"] = [dict(error) if i in chosen else next(sent) for i in range(total)]
+
+        def error(shard_id: str) -> dict:
+            shard = f"shard {shard_id}" if shard_id else "shard"
+            return {"ErrorCode": THROTTLED,
+                    "ErrorMessage": f"Rate exceeded for {shard} in stream {stream} (simulated by kinesis_lab)"}
+
+        parsed["Records"] = [error(failed[i]) if i in failed else next(sent) for i in range(total)]
         parsed["FailedRecordCount"] = parsed.get("FailedRecordCount", 0) + len(failed)
         self.injected_entries += len(failed)
 
@@ -386,6 +539,25 @@ def simulate_throttling(kinesis_client, rate: float, seed: int = 0, call_rate: f
     as ProvisionedThroughputExceededException) and each call with probability ``call_rate``.
     Yields the ``ThrottlingSimulator`` (its ``injected_entries`` / ``injected_calls`` counters)."""
     simulator = ThrottlingSimulator(kinesis_client, rate, seed, call_rate)
+    simulator.register()
+    try:
+        yield simulator
+    finally:
+        simulator.unregister()
+
+
+@contextmanager
+def simulate_capacity(kinesis_client, stream_name: str, *, records_per_second: float = 1000.0,
+                      bytes_per_second: float = float(MAX_RECORD_BYTES), burst_seconds: float = 1.0,
+                      initial_fill: float = 1.0, clock: Callable[[], float] = time.monotonic):
+    """Within the block, PutRecords on ``kinesis_client`` behaves as if each shard of ``stream_name``
+    took at most ``records_per_second`` and ``bytes_per_second`` (token buckets, see ``ShardCapacity``):
+    entries over capacity are not written and come back as ProvisionedThroughputExceededException.
+    Yields the ``ThrottlingSimulator``; its ``capacity`` counts what passed and what was throttled."""
+    capacity = ShardCapacity.from_stream(kinesis_client, stream_name, records_per_second=records_per_second,
+                                         bytes_per_second=bytes_per_second, burst_seconds=burst_seconds,
+                                         initial_fill=initial_fill, clock=clock)
+    simulator = ThrottlingSimulator(kinesis_client, 0.0, capacity=capacity)
     simulator.register()
     try:
         yield simulator
@@ -418,6 +590,7 @@ class ProduceResult:
     event_ids_sha256: str = ""  # sha256 of the delivered event ids in line order, each + "\n"
     event_ids_path: str | None = None
     simulated_failure_rate: float = 0.0
+    wait_seconds: float = 0.0  # time spent pacing or backing off between calls
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -429,49 +602,85 @@ def _backoff(attempt: int, rng: random.Random) -> float:
     return rng.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt))
 
 
-def _put_batch(kinesis, stream_name: str, batch: list[Record], result: ProduceResult, per_shard: Counter,
-               rng: random.Random, max_retry_seconds: float) -> tuple[list[Record], str]:
-    """Deliver one batch, resending only failed entries. Returns (records left undelivered when
-    ``max_retry_seconds``, counted from the batch's first failure, ran out; the last error code),
-    ([], "") when all went through."""
-    pending = batch
-    attempt, give_up_at, last_error = 0, None, ""
-    while pending:
-        if attempt:
-            result.records_retried += len(pending)
-        result.put_calls += 1
-        failed: list[Record] = []
-        try:
-            response = kinesis.put_records(
-                StreamName=stream_name,
-                Records=[{"Data": r.data, "PartitionKey": r.partition_key} for r in pending],
-            )
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code not in RETRYABLE_CALL_ERRORS:
-                raise
-            result.failed_calls += 1
-            failed, last_error = pending, code
-        else:
-            for record, entry in zip(pending, response["Records"], strict=True):
-                if "ErrorCode" in entry:
-                    failed.append(record)
-                    last_error = entry["ErrorCode"]
-                else:
-                    per_shard[entry["ShardId"]] += 1
-                    result.records_sent += 1
-                    result.bytes_sent += len(record.data)
-            result.failed_entries += len(failed)
-        if not failed:
-            return [], ""
-        now = time.monotonic()
-        give_up_at = give_up_at or now + max_retry_seconds
-        pause = _backoff(attempt, rng)
-        if now + pause > give_up_at:
-            return failed, last_error
-        time.sleep(pause)
-        pending, attempt = failed, attempt + 1
-    return [], ""
+class _SendRate:
+    """Adaptive pacing of the entries sent (records per second, resends included).
+
+    Unpaced until throttling shows up. Every ``PACE_WINDOW_SECONDS`` the throttled share of the entries
+    sent in the window is compared with a baseline: the lowest share seen in recent *paced* windows
+    (failures that do not go away when sending slower, e.g. random ones, are not a reason to slow down).
+    Well above the baseline: pace at the accepted rate of the window plus ``PACE_HEADROOM`` (a little
+    over the capacity, so it stays fully used while only a few entries fail). Near the baseline: speed
+    up by ``PACE_RAISE``; no failure at all: double. A window in which nothing got through changes
+    nothing (the no-progress backoff deals with it).
+    """
+
+    def __init__(self):
+        self.rate: float | None = None  # records/s; None: unpaced
+        self.next_at = 0.0
+        self._start: float | None = None
+        self._paced = False
+        self._sent = self._failed = self._calls = 0
+        self._baseline: deque[float] = deque(maxlen=PACE_BASELINE_WINDOWS)
+
+    def call_limit(self, batch_size: int) -> int:
+        """Largest call now: paced calls are cut so that they stay about ``PACE_MAX_GAP_SECONDS`` apart."""
+        if self.rate is None:
+            return batch_size
+        return max(1, min(batch_size, int(self.rate * PACE_MAX_GAP_SECONDS)))
+
+    def delay(self, now: float) -> float:
+        return 0.0 if self.rate is None else max(0.0, self.next_at - now)
+
+    def sent(self, entries: int, now: float) -> None:
+        if self.rate is not None:
+            self.next_at = max(self.next_at, now) + entries / self.rate
+        if self._start is None:
+            self._start, self._paced = now, self.rate is not None
+
+    def result(self, entries: int, failed: int, now: float) -> None:
+        self._sent += entries
+        self._failed += failed
+        self._calls += 1
+        elapsed = now - (self._start if self._start is not None else now)
+        flooding = self._calls >= 3 and self._failed > self._sent / 2  # react at once, not after a window
+        if elapsed < PACE_WINDOW_SECONDS and not (flooding and elapsed > 0):
+            return
+        sent, accepted, paced = self._sent, self._sent - self._failed, self._paced
+        self._sent = self._failed = self._calls = 0
+        self._start = now  # the next window: the calls that end after this one, so no time is left out
+        if accepted == 0:
+            self._paced = self.rate is not None
+            return
+        share = (sent - accepted) / sent
+        if paced:
+            self._baseline.append(share)
+        excess = share - min(self._baseline, default=0.0)
+        if excess > PACE_EXCESS_HIGH:
+            target = max(PACE_MIN_RATE, accepted / elapsed * (1 + PACE_HEADROOM))
+            self.rate = target if self.rate is None else min(self.rate, target)
+        elif self.rate is not None:
+            if share == 0:
+                self.rate = min(PACE_MAX_RATE, max(self.rate, sent / elapsed) * 2)
+            elif excess < PACE_EXCESS_LOW:
+                self.rate = min(PACE_MAX_RATE, self.rate * PACE_RAISE)
+        self._paced = self.rate is not None
+
+
+@dataclass(slots=True)
+class _Slot:
+    """A record read from the file, in line order, until it is delivered and committed."""
+
+    line: int
+    event_id: str
+    kind: str
+    done: bool = False
+
+
+@dataclass(slots=True)
+class _Entry:
+    record: Record
+    slot: _Slot
+    failed_at: float = 0.0  # monotonic time of its first failure; 0: never failed
 
 
 def produce_file(
@@ -493,11 +702,17 @@ def produce_file(
     ``kinesis`` is a boto3 Kinesis client. ``simulated_failure_rate`` (0..1) throttles that share of
     entries through botocore hooks on that client (seeded by ``seed``). ``event_ids_path``: a file to
     write the delivered event ids to, one per line, in line order. Raises ``HeaderError`` before sending
-    anything if the header is wrong, ``DeliveryError`` if records stay undelivered after
-    ``max_retry_seconds`` of retries on one batch.
+    anything if the header is wrong, ``DeliveryError`` if a record is still undelivered
+    ``max_retry_seconds`` after its first failure.
+
+    One call at a time, up to ``batch_size`` entries / ``max_batch_bytes``: the entries that failed
+    first (oldest failure first), then new records. Only failed entries are resent. A call in which
+    nothing got through is followed by an exponential backoff with full jitter; otherwise sending goes
+    on at once, paced by ``_SendRate`` once throttling shows up.
     """
     from tqdm.auto import tqdm
 
+    _check_limits(batch_size, max_batch_bytes)
     started = time.perf_counter()
     reader = RecordReader(path, produced_at=produced_at)  # hashes the file, checks the header
     result = ProduceResult(source_file=reader.source_file, stream_name=stream_name,
@@ -510,7 +725,12 @@ def produce_file(
     per_shard: Counter = Counter()
     ids_digest = hashlib.sha256()
     jitter = random.Random(seed + 1)
-    line_done = 1
+    records = iter(reader)
+    lookahead: list[Record] = []  # read, not sent yet: did not fit in the last call
+    window: deque[_Slot] = deque()  # records read and not committed yet, in line order
+    retries: deque[_Entry] = deque()  # failed entries, oldest first failure first
+    pacer = _SendRate()
+    state = {"line_done": 1, "last_sent": 1}
 
     def finish() -> ProduceResult:
         result.seconds = round(time.perf_counter() - started, 3)
@@ -518,7 +738,52 @@ def produce_file(
         result.per_shard = dict(sorted(per_shard.items()))
         result.blank_lines = reader.blank_lines
         result.event_ids_sha256 = ids_digest.hexdigest()
+        result.wait_seconds = round(result.wait_seconds, 3)
         return result
+
+    def commit(ids_file, bar, final: bool = False) -> None:
+        """Count the delivered records, in line order (``final``: all delivered ones, skipping the rest)."""
+        while window and (window[0].done or final):
+            slot = window.popleft()
+            if not slot.done:
+                continue
+            ids_digest.update(f"{slot.event_id}\n".encode())
+            if ids_file:
+                ids_file.write(f"{slot.event_id}\n")
+            if slot.kind == "row":
+                result.csv_rows += 1
+            else:
+                result.malformed_rows += 1
+                result.oversize_rows += slot.kind == "oversize"
+            bar.update(slot.line - state["line_done"])
+            state["line_done"] = slot.line
+
+    def next_call(limit: int) -> list[_Entry]:
+        call: list[_Entry] = []
+        size = 0
+        while retries and len(call) < limit:
+            if call and size + retries[0].record.size > max_batch_bytes:
+                return call
+            entry = retries.popleft()
+            call.append(entry)
+            size += entry.record.size
+        while len(call) < limit and len(window) < MAX_OPEN_RECORDS:
+            if not lookahead:
+                record = next(records, None)
+                if record is None:
+                    break
+                _check_size(record, max_batch_bytes)
+                lookahead.append(record)
+            record = lookahead[0]
+            if call and size + record.size > max_batch_bytes:
+                break
+            lookahead.clear()
+            slot = _Slot(record.line, record.event_id, record.kind)
+            window.append(slot)
+            call.append(_Entry(record, slot))
+            size += record.size
+            state["last_sent"] = record.line
+        return call
 
     with ExitStack() as stack:
         if simulated_failure_rate:
@@ -526,31 +791,68 @@ def produce_file(
         ids_file = stack.enter_context(open(event_ids_path, "w", encoding="ascii")) if event_ids_path else None
         bar = stack.enter_context(tqdm(total=reader.data_lines, unit="row", disable=not progress,
                                        desc=f"{reader.source_file} -> {stream_name}"))
-        for batch in iter_batches(reader, batch_size, max_batch_bytes):
-            undelivered, last_error = _put_batch(kinesis, stream_name, batch, result, per_shard, jitter, max_retry_seconds)
-            left = {r.line for r in undelivered}
-            for record in batch:
-                if record.line in left:
-                    continue
-                ids_digest.update(f"{record.event_id}\n".encode())
-                if ids_file:
-                    ids_file.write(f"{record.event_id}\n")
-                if record.kind == "row":
-                    result.csv_rows += 1
-                else:
-                    result.malformed_rows += 1
-                    result.oversize_rows += record.kind == "oversize"
-            bar.update(batch[-1].line - line_done)
-            line_done = batch[-1].line
-            if undelivered:
-                finish()
-                raise DeliveryError(
-                    f"{len(undelivered)} record(s) not delivered to stream '{stream_name}' after retrying for "
-                    f"{max_retry_seconds:g} s (last error: {last_error}); first undelivered line: "
-                    f"{undelivered[0].line}; {result.records_sent} record(s) delivered before giving up; "
-                    f"nothing after line {batch[-1].line} was sent",
-                    result,
-                    [r.line for r in undelivered],
+        no_progress, last_error = 0, ""
+        while call := next_call(pacer.call_limit(batch_size)):
+            wait = pacer.delay(time.monotonic())
+            if wait > 0:
+                time.sleep(wait)
+                result.wait_seconds += wait
+            pacer.sent(len(call), time.monotonic())
+            result.put_calls += 1
+            result.records_retried += sum(1 for e in call if e.failed_at)
+            failed: list[_Entry] = []
+            try:
+                response = kinesis.put_records(
+                    StreamName=stream_name,
+                    Records=[{"Data": e.record.data, "PartitionKey": e.record.partition_key} for e in call],
                 )
-        bar.update(reader.data_lines - (line_done - 1))
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code not in RETRYABLE_CALL_ERRORS:
+                    raise
+                result.failed_calls += 1
+                failed, last_error = call, code
+            else:
+                for e, answer in zip(call, response["Records"], strict=True):
+                    if "ErrorCode" in answer:
+                        failed.append(e)
+                        last_error = answer["ErrorCode"]
+                    else:
+                        e.slot.done = True
+                        per_shard[answer["ShardId"]] += 1
+                        result.records_sent += 1
+                        result.bytes_sent += len(e.record.data)
+                result.failed_entries += len(failed)
+            now = time.monotonic()
+            pacer.result(len(call), len(failed), now)
+            if failed:
+                again = [e for e in failed if e.failed_at]  # older than every other retry: to the front
+                fresh = [e for e in failed if not e.failed_at]  # newest failures: to the back
+                for e in fresh:
+                    e.failed_at = now
+                retries.extendleft(reversed(again))
+                retries.extend(fresh)
+                no_progress = no_progress + 1 if len(failed) == len(call) else 0
+                pause = _backoff(no_progress - 1, jitter) if no_progress else 0.0
+                if now + pause + pacer.delay(now) > retries[0].failed_at + max_retry_seconds:
+                    undelivered = sorted(e.slot.line for e in retries)
+                    commit(ids_file, bar, final=True)
+                    finish()
+                    raise DeliveryError(
+                        f"{len(undelivered)} record(s) not delivered to stream '{stream_name}' after retrying "
+                        f"for {max_retry_seconds:g} s (last error: {last_error}); first undelivered line: "
+                        f"{undelivered[0]}; {result.records_sent} record(s) delivered before giving up; "
+                        f"nothing after line {state['last_sent']} was sent",
+                        result,
+                        undelivered,
+                    )
+                if pause:
+                    time.sleep(pause)
+                    result.wait_seconds += pause
+            else:
+                no_progress = 0
+            commit(ids_file, bar)
+        if window or retries or lookahead:  # never end quietly with records left behind
+            raise RuntimeError(f"internal error: {len(window)} record(s) left uncommitted after the last call")
+        bar.update(reader.data_lines - (state["line_done"] - 1))
     return finish()

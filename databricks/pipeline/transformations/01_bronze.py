@@ -5,10 +5,11 @@ Pipeline configuration:
   lab.source_mode  ``autoloader`` (Databricks, default) or ``files`` (open-source Spark, local folder)
 
 Why Auto Loader reads *text* and not json: with ``cloudFiles.format=json`` a line that is not JSON
-(someone drops a CSV in the prefix) ends up as a corrupt record that is easy to lose, the schema is
-inferred and can change between runs, and type inference moves "N/A" values into ``_rescued_data``.
-Reading text keeps every line verbatim in ``_raw_line``, needs no schema location, and the same
-``medallion.parse_bronze`` does the parsing with an explicit all-string schema, here and locally.
+(someone drops a CSV in the prefix) becomes a row of NULLs unless a corrupt-record column is set up,
+the schema is inferred (and evolves) from whatever landed first, and with inferred types a value such
+as "N/A" in a numeric column moves to ``_rescued_data``. Reading text keeps every line verbatim in
+``_raw_line``, needs no schema inference, and the same ``medallion.parse_bronze`` parses it with an
+explicit all-string schema on Databricks and locally; typing and checks happen in silver.
 Compressed objects (``.gz``) are decompressed by the file readers based on the file extension.
 """
 
@@ -16,8 +17,12 @@ import medallion
 from pyspark import pipelines as dp
 from pyspark.sql import DataFrame
 
-SOURCE_PATH = spark.conf.get("lab.source_path")  # noqa: F821 - `spark` is injected by the pipeline
+SOURCE_PATH = spark.conf.get("lab.source_path", "")  # noqa: F821 - `spark` is injected by the pipeline
 SOURCE_MODE = spark.conf.get("lab.source_mode", "autoloader")  # noqa: F821
+if not SOURCE_PATH:
+    raise ValueError(
+        "set lab.source_path in the pipeline configuration (where Firehose writes, e.g. s3://<bucket>/bronze/)"
+    )
 
 
 def read_landed_lines() -> DataFrame:

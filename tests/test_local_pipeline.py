@@ -1,0 +1,341 @@
+"""The local stand-ins for Databricks: S3 mirror (against the real local stack) and the real pipeline
+run with spark-pipelines (three runs: first load, nothing new, one new file)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kinesis_lab import local_pipeline as lp
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE_DIR = REPO / "databricks" / "pipeline"
+PREFIX = "bronze/ingestion_date=!{timestamp:yyyy/MM/dd}/"
+DAY = "bronze/ingestion_date=2026/11/26/"
+
+
+# --- pure helpers --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "prefix, expected",
+    [
+        (PREFIX, "bronze/"),
+        ("bronze/", "bronze/"),
+        ("bronze/ingestion_date=!{timestamp:yyyy/MM/dd}", "bronze/"),
+        ("data/bronze-!{timestamp:yyyy}/", "data/"),
+        ("", ""),
+    ],
+)
+def test_static_prefix(prefix, expected):
+    assert lp.static_prefix(prefix) == expected
+
+
+def test_settings_split_between_spec_and_server_start(tmp_path):
+    pipeline, static = lp.spark_settings(
+        source_path=tmp_path / "src", build_dir=tmp_path, extra_conf={"spark.sql.ansi.enabled": "true"}
+    )
+    assert pipeline["lab.source_mode"] == "files"
+    assert pipeline["lab.source_path"] == str((tmp_path / "src").resolve())
+    assert pipeline["spark.sql.shuffle.partitions"] == "2"
+    assert pipeline["spark.sql.ansi.enabled"] == "true"
+    assert static["spark.sql.catalogImplementation"] == "hive"
+    assert static["spark.sql.warehouse.dir"].startswith(str(tmp_path.resolve()))
+    assert str(tmp_path.resolve()) in static["spark.hadoop.javax.jdo.option.ConnectionURL"]
+    assert not set(pipeline) & set(static)
+
+
+def test_render_spec_points_at_the_committed_transformations(tmp_path):
+    import yaml
+
+    spec_path = lp.render_spec(
+        PIPELINE_DIR, build_dir=tmp_path / "build", configuration={"lab.source_path": "/x"}
+    )
+    spec = yaml.safe_load(spec_path.read_text())
+    include = spec["libraries"][0]["glob"]["include"]
+    assert (spec_path.parent / include.removesuffix("/**")).resolve() == PIPELINE_DIR / "transformations"
+    assert spec["storage"].startswith("file:///") and spec["storage"].endswith("/lakehouse/storage")
+    assert spec["database"] == lp.DATABASE
+    assert spec["configuration"]["lab.source_path"] == "/x"
+    committed = yaml.safe_load((PIPELINE_DIR / lp.SPEC_NAME).read_text())
+    assert committed["libraries"] == [{"glob": {"include": "transformations/**"}}]
+
+
+def test_short_progress_and_log_tail(tmp_path):
+    line = "2026-11-26 01:13:15: Flow spark_catalog.kinesis_lab.bronze_events has COMPLETED.\n"
+    assert lp._short_progress(line) == "01:13:15 bronze_events has COMPLETED"
+    log = tmp_path / "run.log"
+    log.write_text('start\nboom: it failed\n\tat org.apache.Foo(Foo.scala:1)\n  File "x.py", line 1\nlast\n')
+    assert lp._log_tail(log) == "start\nboom: it failed\nlast"
+
+
+def test_read_table_uses_only_committed_files_of_a_streaming_table(tmp_path):
+    table = lp.warehouse_dir(tmp_path) / f"{lp.DATABASE}.db" / "silver_events"
+    (table / "_spark_metadata").mkdir(parents=True)
+    pq.write_table(pa.table({"event_id": ["a", "b"]}), table / "part-0.parquet")
+    pq.write_table(pa.table({"event_id": ["zombie"]}), table / "part-1.parquet")  # a failed batch's leftover
+    entry = {"path": (table / "part-0.parquet").as_uri(), "size": 1, "isDir": False, "action": "add"}
+    (table / "_spark_metadata" / "0").write_text("v1\n" + json.dumps(entry) + "\n")
+    assert sorted(lp.read_table(tmp_path, "silver_events")["event_id"]) == ["a", "b"]
+    assert lp.table_rows(tmp_path, "silver_events") == 2
+    assert lp.table_paths(tmp_path) == {"silver_events": table}
+    with pytest.raises(KeyError, match="no table 'gold_x'"):
+        lp.read_table(tmp_path, "gold_x")
+
+
+# --- mirror (real local stack) ---------------------------------------------------------------------
+@pytest.mark.stack
+def test_mirror_is_incremental_and_keeps_the_key_layout(aws_clients, tmp_path):
+    s3 = aws_clients("s3")
+    s3.create_bucket(Bucket="mirror-test")
+    s3.put_object(Bucket="mirror-test", Key=DAY + "stream-1-a", Body=b'{"a": 1}\n')
+    s3.put_object(Bucket="mirror-test", Key=DAY + "stream-1-b.gz", Body=gzip.compress(b'{"b": 2}\n'))
+    s3.put_object(Bucket="mirror-test", Key="errors/processing-failed/x", Body=b"not mirrored")
+    target = tmp_path / "external_location"
+
+    first = lp.mirror_s3_prefix(s3, "mirror-test", PREFIX, target)
+    assert (first.new_objects, first.total_objects) == (2, 2)
+    assert first.source_dir == target / "bronze"
+    assert (target / DAY / "stream-1-a").read_bytes() == b'{"a": 1}\n'
+    assert gzip.decompress((target / DAY / "stream-1-b.gz").read_bytes()) == b'{"b": 2}\n'
+    assert first.new_bytes == first.total_bytes == sum(p.stat().st_size for p in (target / DAY).iterdir())
+    assert not (target / "errors").exists()
+
+    again = lp.mirror_s3_prefix(s3, "mirror-test", PREFIX, target)
+    assert (again.new_objects, again.total_objects, again.new_bytes) == (0, 2, 0)
+
+    s3.put_object(Bucket="mirror-test", Key=DAY + "stream-1-c", Body=b'{"c": 3}\n')
+    (target / DAY / "stream-1-a").unlink()  # a lost local copy is fetched again
+    third = lp.mirror_s3_prefix(s3, "mirror-test", PREFIX, target)
+    assert sorted(third.new_keys) == [DAY + "stream-1-a", DAY + "stream-1-c"]
+    assert third.total_objects == 3
+    assert not [p for p in (target / DAY).iterdir() if p.name.startswith(".")], "no partial files left"
+
+
+# --- the real pipeline -------------------------------------------------------------------------------
+_counter = iter(range(1, 10**6))
+
+
+def rec(event_id: str | None = None, **overrides) -> str:
+    fields = {
+        "Country": "Chad",
+        "Country_Code": "TCD",
+        "Region": "Sub-Saharan Africa",
+        "Year": "2015",
+        "Child_Labor_Rate_Percent": "38.2",
+        "Estimated_Children_Millions": "2.41",
+        "Gender": "Total",
+        "Age_Group": "5-17 years",
+        "event_id": event_id or f"evt-{next(_counter):04d}",
+        "source_file": "child_labor.csv",
+        "source_line": 2,
+        "produced_at": "2026-11-26T01:02:03.123Z",
+    }
+    fields.update(overrides)
+    return json.dumps(fields)
+
+
+def bad_marker(event_id: str) -> str:
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "source_file": "child_labor.csv",
+            "source_line": 9,
+            "produced_at": "2026-11-26T01:02:03.123Z",
+            "malformed": True,
+            "error": "too many fields (9, expected 8)",
+            "raw_line": "a,b,c,d,e,f,g,h,i",
+        }
+    )
+
+
+def write_lines(path: Path, lines: list[str], gz: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    """Build folder + landing folder shared by the ordered e2e tests below."""
+    base = tmp_path_factory.mktemp("e2e")
+    state = {"build": base / "build", "source": base / "external_location" / "bronze", "durations": {}}
+    return state
+
+
+UPSTREAM = {
+    "silver_events": ["bronze_events"],
+    "silver_quarantine": ["bronze_events"],
+    "gold_rate_by_region_year": ["silver_events"],
+    "gold_top_countries_latest": ["silver_events"],
+    "gold_gender_comparison": ["silver_events"],
+    "gold_quarantine_by_rule": ["silver_quarantine"],
+}
+
+
+def run(e2e, label: str, full_refresh: bool = False) -> lp.PipelineRun:
+    result = lp.run_pipeline(
+        PIPELINE_DIR, source_path=e2e["source"], build_dir=e2e["build"], full_refresh=full_refresh
+    )
+    e2e["durations"][label] = result.duration_s
+    print(f"pipeline run '{label}': {result.duration_s:.1f} s")
+    assert set(result.flows) == {
+        "bronze_events",
+        "silver_events",
+        "silver_quarantine",
+        "gold_rate_by_region_year",
+        "gold_top_countries_latest",
+        "gold_gender_comparison",
+        "gold_quarantine_by_rule",
+    }
+    assert set(result.flows.values()) == {"COMPLETED"}
+    # each flow starts only once the flows it reads from have completed (see medallion's docstring:
+    # withColumn over an existing table silently broke this on every run after the first)
+    events = [(flow, state) for _, flow, state in result.timeline]
+    for flow, upstreams in UPSTREAM.items():
+        for upstream in upstreams:
+            assert events.index((upstream, "COMPLETED")) < events.index((flow, "STARTING")), (flow, upstream)
+    return result
+
+
+@pytest.mark.spark
+def test_e2e_first_run(e2e):
+    day = e2e["source"] / "ingestion_date=2026" / "11" / "26"
+    twin = {"Country": "Mali", "Country_Code": "MLI", "Region": "Sub-Saharan Africa", "Year": "2019"}
+    twin["Child_Labor_Rate_Percent"] = "30.0"
+    write_lines(
+        day / "salud-firehose-tos3-1-2026-11-26-01-00-00-aaaa",
+        [
+            rec("evt-a1"),
+            rec("evt-a2", Gender=" Boys ", Child_Labor_Rate_Percent="40,5"),
+            rec("evt-a3", Gender="girls"),
+            rec("twin-1", **twin),  # identical CSV rows, different events: both stay
+            rec("twin-2", **twin),
+            rec("evt-bad-year", Year="N/A"),
+            bad_marker("evt-marker"),
+            rec("evt-a1"),  # redelivered in the same file
+        ],
+    )
+    write_lines(
+        day / "salud-firehose-tos3-1-2026-11-26-01-05-00-bbbb.gz",
+        [
+            rec(
+                "evt-b1",
+                Country="Peru",
+                Country_Code="PER",
+                Region="Latin America",
+                Year="2018",
+                Child_Labor_Rate_Percent="20.0",
+            ),
+            rec("evt-a2"),  # redelivered in another (gzip) file
+        ],
+        gz=True,
+    )
+    write_lines(day / "someone-dropped-a-csv.csv", ["Country,Year", "", "Chad,2015"])
+
+    run(e2e, "first (cold)")
+
+    summary = lp.pipeline_summary(e2e["build"])
+    assert summary["bronze_rows"] == 8 + 2 + 2  # every non-blank line, duplicates included
+    silver = lp.read_table(e2e["build"], "silver_events")
+    assert sorted(silver["event_id"]) == ["evt-a1", "evt-a2", "evt-a3", "evt-b1", "twin-1", "twin-2"]
+    quarantine = lp.read_table(e2e["build"], "silver_quarantine")
+    assert len(quarantine) == 4  # bad year, producer marker, two CSV lines
+    rules = {(row.event_id, tuple(row.broken_rules)) for row in quarantine.itertuples() if row.event_id}
+    assert rules == {("evt-bad-year", ("year_in_range",)), ("evt-marker", ("record_parsed",))}
+    csv_lines = quarantine[quarantine["event_id"].isna()]
+    assert sorted(csv_lines["_raw_line"]) == ["Chad,2015", "Country,Year"]
+    assert all(list(r) == ["record_parsed"] for r in csv_lines["broken_rules"])
+    assert summary["quarantine_by_rule"] == {"record_parsed": 3, "year_in_range": 1}
+
+    # silver + quarantine == distinct event ids + lines without one
+    bronze = lp.read_table(e2e["build"], "bronze_events")
+    expected = bronze["event_id"].dropna().nunique() + bronze["event_id"].isna().sum()
+    assert summary["silver_rows"] + summary["quarantine_rows"] == expected == 10
+
+    # types and normalisation made it to the table
+    row = silver.set_index("event_id").loc["evt-a2"]
+    assert (row["Gender"], row["Child_Labor_Rate_Percent"]) == ("Male", 40.5)
+    assert silver.set_index("event_id").loc["evt-a3", "Gender"] == "Female"
+    assert str(silver["Year"].dtype) == "int32"
+    assert str(silver["Child_Labor_Rate_Percent"].dtype) == "float64"
+    assert str(silver["produced_at"].dtype).startswith("datetime64")
+    assert silver["_source_file"].str.contains("ingestion_date=2026/11/26").all()
+
+    gold = summary["gold_tables"]
+    assert (
+        gold["gold_rate_by_region_year"] == 3
+    )  # (Sub-Saharan Africa, 2015), (.., 2019), (Latin America, 2018)
+    top = lp.read_table(e2e["build"], "gold_top_countries_latest").sort_values("rank")
+    assert list(top["Country_Code"]) == ["TCD", "MLI", "PER"]
+
+
+@pytest.mark.spark
+def test_e2e_second_run_without_new_data_adds_nothing(e2e):
+    before = lp.pipeline_summary(e2e["build"])
+    run(e2e, "second (no new data)")
+    after = lp.pipeline_summary(e2e["build"])
+    for key in ("bronze_rows", "silver_rows", "quarantine_rows", "quarantine_by_rule", "gold_tables"):
+        assert after[key] == before[key], key
+
+
+@pytest.mark.spark
+def test_e2e_new_file_flows_through_alone(e2e):
+    before = lp.pipeline_summary(e2e["build"])
+    day = e2e["source"] / "ingestion_date=2026" / "11" / "27"
+    write_lines(
+        day / "salud-firehose-tos3-1-2026-11-27-09-00-00-cccc",
+        [
+            rec("evt-c1", Country="India", Country_Code="IND", Region="South Asia", Year="2016"),
+            rec(
+                "evt-c2", Country="India", Country_Code="IND", Region="South Asia", Year="2016", Gender="Male"
+            ),
+            rec("evt-a1"),  # a late redelivery of an event loaded in the first run
+            rec("evt-c3", Child_Labor_Rate_Percent="250"),
+        ],
+    )
+    started = time.time()
+    run(e2e, "third (one new file)")
+    after = lp.pipeline_summary(e2e["build"])
+    assert after["bronze_rows"] == before["bronze_rows"] + 4
+    assert after["silver_rows"] == before["silver_rows"] + 2
+    assert after["quarantine_rows"] == before["quarantine_rows"] + 1
+    assert after["quarantine_by_rule"]["rate_in_range"] == 1
+
+    bronze = lp.read_table(e2e["build"], "bronze_events")
+    new = bronze[bronze["_ingested_at"] >= pd_timestamp(started - 5)]
+    assert len(new) == 4, "only the new file's lines are ingested again"
+    assert new["_source_file"].str.endswith("cccc").all()
+    silver = lp.read_table(e2e["build"], "silver_events")
+    assert (silver["event_id"] == "evt-a1").sum() == 1
+    regions = lp.read_table(e2e["build"], "gold_rate_by_region_year")
+    assert ("South Asia", 2016) in set(zip(regions["Region"], regions["Year"], strict=True))
+    print("pipeline run durations:", {k: round(v, 1) for k, v in e2e["durations"].items()})
+
+
+def pd_timestamp(epoch_seconds: float):
+    import pandas as pd
+
+    return pd.Timestamp(epoch_seconds, unit="s", tz="UTC")
+
+
+def test_one_run_at_a_time_per_build_folder(tmp_path):
+    with lp.build_lock(tmp_path / "build"):
+        with pytest.raises(lp.PipelineError, match="another pipeline run is using"):
+            lp.run_pipeline(
+                PIPELINE_DIR, source_path=tmp_path / "src", build_dir=tmp_path / "build", echo=None
+            )
+    with lp.build_lock(tmp_path / "build"):  # released again
+        pass
+
+
+@pytest.mark.spark
+def test_run_pipeline_timeout_kills_the_run_and_says_so(tmp_path):
+    with pytest.raises(lp.PipelineError, match="timed out after 3 s"):
+        lp.run_pipeline(
+            PIPELINE_DIR, source_path=tmp_path / "src", build_dir=tmp_path / "build", timeout=3, echo=None
+        )
