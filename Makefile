@@ -5,12 +5,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 NBVAL_ARGS := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+# nbval re-runs the committed notebooks on a private stack and build folder, then compares the checked outputs
+NBVAL_ENV := LAB_BUILD_DIR=$(CURDIR)/build/nbval LAB_STATE_DIR=$(CURDIR)/build/nbval/stack
 
-.PHONY: help install demo test lint unit nbval lab up down status doctor notebooks clean
+.PHONY: help install demo test lint unit nbval lab up down status doctor notebooks bench clean
 
 help:
 	@echo "make demo [DATASET=path.csv] [FAILURE_RATE=0.3]  run the whole series locally, write build/run-summary.json"
 	@echo "make test                                         ruff + the whole pytest suite (stack, Spark, notebooks)"
+	@echo "make bench [BENCH_ARGS=\"--quick | --only 1 2 | --fresh-setup\"]  performance figures -> build/bench/results.json"
 	@echo "make lab | up | down | status | doctor | notebooks | clean"
 
 $(STAMP): pyproject.toml
@@ -25,7 +28,7 @@ demo: install
 
 test: install lint
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
-	$(BIN)/python -m pytest $(NBVAL_ARGS) notebooks
+	$(MAKE) nbval
 
 lint: install
 	$(BIN)/ruff check .
@@ -34,7 +37,9 @@ unit: install
 	$(BIN)/python -m pytest tests -m "not notebooks" $(PYTEST_ARGS)
 
 nbval: install
-	$(BIN)/python -m pytest $(NBVAL_ARGS) notebooks
+	rm -rf build/nbval
+	$(NBVAL_ENV) $(BIN)/python -m pytest $(NBVAL_ARGS) notebooks; status=$$?; \
+	  $(NBVAL_ENV) $(BIN)/kinesis-lab down >/dev/null; exit $$status
 
 lab: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,lab]'
@@ -55,6 +60,9 @@ doctor: install
 
 notebooks: install
 	$(BIN)/kinesis-lab demo --in-place $(if $(DATASET),--dataset "$(abspath $(DATASET))")
+
+bench: install
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean: down
 	rm -rf build .lab

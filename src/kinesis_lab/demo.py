@@ -49,17 +49,16 @@ def run_demo(dataset: str | None = None, simulated_failure_rate: float = 0.0, no
     chosen = series(nb_dir)
     if notebooks:
         chosen = [p for p in chosen if p.stem in notebooks or p.name in notebooks or p.stem[:2] in notebooks]
-    if not in_place:
-        for name in RUN_ARTIFACTS:
-            target = build / name
-            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    for name in RUN_ARTIFACTS:  # every run starts from nothing, like a fresh account and workspace
+        target = build / name
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
     # a private stack for the run, so a learner's own `kinesis-lab up` state is untouched
     state_dir = build / "demo-stack"
     os.environ["LAB_STATE_DIR"] = str(state_dir)
     os.environ["LAB_TARGET"] = "local"
     out_dir = build / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    wanted = {"dataset": dataset, "simulated_failure_rate": simulated_failure_rate or None, "target": "local"}
+    wanted = {"dataset": dataset, "simulated_failure_rate": simulated_failure_rate or None}
 
     timings = []
     print(f"running {len(chosen)} notebooks on the local stack -> {out_dir}")
