@@ -45,6 +45,7 @@ def test_demo_on_the_shipped_sample_with_throttling_reconciles(tmp_path):
     assert s["records_retried"] > 0
     assert s["missing_event_ids"] == 0 and s["s3_duplicate_event_ids"] == 0
     assert s["silver_rows"] + s["quarantine_rows"] == 540 and s["quarantine_rows"] == 8
+    assert s["ledger_missing"] == 0 and s["ledger_duplicated"] == 0 and s["ledger_hops"]["quarantine"] == 8
     assert set(s["gold_tables"]) >= {
         "gold_rate_by_region_year",
         "gold_top_countries_latest",
@@ -82,6 +83,7 @@ def test_demo_on_a_csv_with_every_kind_of_bad_row(tmp_path):
     _, s = run_demo(tmp_path / "build", "--dataset", str(csv_path))
     assert (s["csv_rows"], s["malformed_rows"]) == (13, 1)
     assert s["silver_rows"] == 4 and s["quarantine_rows"] == 10
+    assert s["ledger_missing"] == 0 and s["ledger_duplicated"] == 0 and s["ledger_hops"]["quarantine"] == 10
     expected = {rule: 1 for rule in RULES - {"event_id_present"}}  # the producer gives every row an id
     expected["rate_in_range"] = 2  # N/A and 100.1
     assert s["quarantine_by_rule"] == expected

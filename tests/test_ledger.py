@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -63,14 +66,21 @@ def test_fates_missing_at_the_hop_where_a_line_dropped_out():
         "ledger_unchecked_hops": [],
     }  # fmt: skip
     rows = {r["hop"]: r for r in ledger.hop_rows()}
-    assert (rows["kinesis"]["lines"], rows["kinesis"]["extra_copies"], rows["kinesis"]["other_records"]) == (5, 1, 5)
+    assert (rows["kinesis"]["lines"], rows["kinesis"]["extra_copies"], rows["kinesis"]["other_records"]) == (
+        5,
+        1,
+        5,
+    )
     assert rows["silver"]["other_records"] == 1  # other-q: another file's line in quarantine
     assert rows["bronze"]["other_records"] == 1  # a bronze line without an event id
     assert any("1 line(s) are no longer in the Kinesis stream" in n for n in ledger.notes)
     text = ledger.table()
     assert "MISSING: 4 line(s): line 4 (missing at kinesis), line 5 (missing at s3)" in text
     assert "DUPLICATED in silver: 1 line(s): line 7" in text
-    assert reconciliation_problems(figures) == ["ledger_missing = 4 (expected 0)", "ledger_duplicated = 1 (expected 0)"]
+    assert reconciliation_problems(figures) == [
+        "ledger_missing = 4 (expected 0)",
+        "ledger_duplicated = 1 (expected 0)",
+    ]
 
 
 def test_unchecked_hops_are_skipped_not_counted_as_losses():
@@ -96,7 +106,13 @@ def test_csv_lines_match_the_producers_ids_and_name_blank_lines(tmp_path):
     name, sha, lines = lg.csv_lines(path)
     assert (name, sha) == ("blanks.csv", scan_file(path)[0])
     assert [(n, kind) for n, _, kind in lines] == [
-        (2, "row"), (3, "blank"), (4, "malformed"), (5, "blank"), (6, "row"), (7, "blank")]
+        (2, "row"),
+        (3, "blank"),
+        (4, "malformed"),
+        (5, "blank"),
+        (6, "row"),
+        (7, "blank"),
+    ]
     assert [i for _, i, kind in lines if kind != "blank"] == [r.event_id for r in iter_records(path)]
     assert all(i == event_id_for(sha, n) for n, i, _ in lines)
     sample = lg.csv_lines(SAMPLE_PATH)[2]
@@ -126,8 +142,15 @@ def produced(aws_clients):
 @pytest.mark.stack
 def test_ledger_reads_every_shard_and_names_the_lost_line(produced, tmp_path):
     kinesis, s3 = produced
-    ledger = lg.build_ledger(SAMPLE_PATH, kinesis=kinesis, stream_name=STREAM, s3=s3, bucket=BUCKET,
-                             prefix=PREFIX, build_dir=tmp_path / "no-pipeline-yet")
+    ledger = lg.build_ledger(
+        SAMPLE_PATH,
+        kinesis=kinesis,
+        stream_name=STREAM,
+        s3=s3,
+        bucket=BUCKET,
+        prefix=PREFIX,
+        build_dir=tmp_path / "no-pipeline-yet",
+    )
     assert [(f.line, f.fate) for f in ledger.missing] == [(302, "missing at s3")]
     assert ledger.duplicated == []  # two copies in S3 is not a duplicate in silver
     rows = {r["hop"]: r for r in ledger.hop_rows()}
@@ -140,16 +163,18 @@ def test_ledger_reads_every_shard_and_names_the_lost_line(produced, tmp_path):
 
     # after teardown the stream is gone: that hop is skipped and said so, the rest still checked
     kinesis.delete_stream(StreamName=STREAM)
-    after = lg.build_ledger(SAMPLE_PATH, kinesis=kinesis, stream_name=STREAM, s3=s3, bucket=BUCKET,
-                            prefix=PREFIX)
+    after = lg.build_ledger(
+        SAMPLE_PATH, kinesis=kinesis, stream_name=STREAM, s3=s3, bucket=BUCKET, prefix=PREFIX
+    )
     assert after.hops["kinesis"].note == "stream 'jm-demo-kinesis-lab' does not exist (deleted by teardown?)"
     assert [(f.line, f.fate) for f in after.missing] == [(302, "missing at s3")]
     s3.delete_object(Bucket=BUCKET, Key=DAY + "salud-firehose-tos3-1-a")
     s3.delete_object(Bucket=BUCKET, Key=DAY + "salud-firehose-tos3-1-b")
     s3.delete_object(Bucket=BUCKET, Key=DAY + "dropped-by-someone.txt")
     s3.delete_bucket(Bucket=BUCKET)
-    gone = lg.build_ledger(SAMPLE_PATH, kinesis=kinesis, stream_name=STREAM, s3=s3, bucket=BUCKET,
-                           prefix=PREFIX)
+    gone = lg.build_ledger(
+        SAMPLE_PATH, kinesis=kinesis, stream_name=STREAM, s3=s3, bucket=BUCKET, prefix=PREFIX
+    )
     assert not gone.checked_hops() and gone.hops["s3"].note.startswith("bucket 'jm-demo-s3-lab-")
 
 
@@ -172,15 +197,19 @@ def test_reconcile_command_prints_the_table_writes_the_summary_and_fails_on_a_lo
     text = printed[0]
     assert text.startswith("ledger of child_labor_statistics_sample.csv (540 data lines, 540 sent; sha256 ")
     assert "MISSING: 1 line(s): line 302 (missing at s3)" in text
-    assert re.search(r"\nbronze_events +not checked  no bronze_events table yet: run the pipeline \(notebook 07\)\n",
-                     text)
+    assert re.search(
+        r"\nbronze_events +not checked  no bronze_events table yet: run the pipeline \(notebook 07\)\n", text
+    )
     summary = read_summary(lab_env)
     assert (summary["ledger_missing"], summary["ledger_duplicated"]) == (1, 0)
     assert summary["ledger_hops"]["kinesis"] == 540 and summary["ledger_hops"]["s3"] == 539
 
     _, s3 = produced
-    s3.put_object(Bucket=BUCKET, Key=DAY + "salud-firehose-tos3-1-c", Body=next(
-        r.data for r in iter_records(SAMPLE_PATH) if r.line == 302))  # the late delivery arrives
+    s3.put_object(
+        Bucket=BUCKET,
+        Key=DAY + "salud-firehose-tos3-1-c",
+        Body=next(r.data for r in iter_records(SAMPLE_PATH) if r.line == 302),
+    )  # the late delivery arrives
     printed.clear()
     assert lg.run_reconcile(dataset=str(SAMPLE_PATH), as_json=True, out=printed.append) == 0
     figures = json.loads(printed[0])
@@ -194,12 +223,36 @@ def test_reconcile_command_errors(lab_env, tmp_path, monkeypatch, capsys):
     bad.write_text(HEADER.replace(",Gender", "") + "\n" + GOOD + "\n")
     assert lg.run_reconcile(dataset=str(bad), out=print) == 2
     assert capsys.readouterr().err.startswith(
-        "kinesis-lab: error: bad.csv: the header does not match the course's columns: missing column(s): Gender.")
+        "kinesis-lab: error: bad.csv: the header does not match the course's columns: missing column(s): Gender."
+    )
     assert lg.run_reconcile(dataset=str(tmp_path / "nope.csv")) == 2
     assert "dataset file not found" in capsys.readouterr().err
     monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path / "no-stack-here"))  # stack not running, no tables
     assert lg.run_reconcile(dataset=str(SAMPLE_PATH)) == 2
     assert capsys.readouterr().err.strip() == (
         "kinesis-lab: error: nothing to check: no stream, no bucket and no pipeline tables "
-        "(run the series first, or start the local stack)")
+        "(run the series first, or start the local stack)"
+    )
     assert not (lab_env / "run-summary.json").exists()
+
+
+@pytest.mark.stack
+def test_kinesis_lab_reconcile_command(produced, lab_env):
+    done = subprocess.run(
+        [sys.executable, "-m", "kinesis_lab.cli", "reconcile", "--dataset", str(SAMPLE_PATH)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+    )
+    assert done.returncode == 1, done.stderr
+    assert "MISSING: 1 line(s): line 302 (missing at s3)" in done.stdout
+    assert read_summary(lab_env)["ledger_missing_at"] == {"s3": 1}
+    bad = subprocess.run(
+        [sys.executable, "-m", "kinesis_lab.cli", "reconcile", "--dataset", "/nonexistent.csv"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith("kinesis-lab: error: dataset file not found")

@@ -7,7 +7,6 @@ import json
 import re
 import threading
 import time
-import urllib.request
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from kinesis_lab import policies, uc
+from kinesis_lab.stack import set_iam_enforcement
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"
@@ -28,17 +28,6 @@ ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action"
 
 
 # --- the UC role on moto, IAM enforced ---------------------------------------------------------------------
-def set_iam_enforcement(endpoint: str, on: bool) -> None:
-    """moto checks signatures and policies after this many requests: 0 = from now on, inf = never."""
-    req = urllib.request.Request(
-        f"{endpoint}/moto-api/reset-auth",
-        data=b"0" if on else b"inf",
-        method="POST",
-        headers={"Content-Type": "text/plain"},
-    )  # a form content type loses the body
-    urllib.request.urlopen(req, timeout=10).close()
-
-
 @contextmanager
 def iam_enforced(endpoint: str):
     set_iam_enforcement(endpoint, True)

@@ -114,6 +114,12 @@ def cmd_demo(args) -> int:
                          notebooks=args.notebooks, keep_stack=args.keep_stack, in_place=args.in_place)
 
 
+def cmd_reconcile(args) -> int:
+    from kinesis_lab import ledger
+
+    return ledger.run_reconcile(target=args.target, dataset=args.dataset, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kinesis-lab", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -144,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep-stack", action="store_true", help="leave the local stack running afterwards")
     sp.add_argument("--in-place", action="store_true",
                     help="write outputs into notebooks/ (to refresh the committed outputs) instead of build/notebooks/")
+    sp = add("reconcile", cmd_reconcile, "every CSV line's fate at each hop; exit 1 if one is missing or twice in silver")
+    sp.add_argument("--dataset", default="sample", help="the CSV that was produced: 'sample' (default) or a path")
+    sp.add_argument("--json", action="store_true", help="print the ledger's figures as JSON")
     return p
 
 

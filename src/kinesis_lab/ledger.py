@@ -59,7 +59,8 @@ class LineFate:
     line: int
     event_id: str
     kind: str  # "row", "malformed", "oversize" (what the producer sent) or "blank"
-    counts: dict[str, int | None]  # hop -> copies there (None: hop not checked); "silver" = silver + quarantine
+    # hop -> copies there (None: hop not checked); "silver" counts silver + quarantine
+    counts: dict[str, int | None]
     in_silver: int = 0
     in_quarantine: int = 0
     rules: tuple[str, ...] = ()
@@ -119,23 +120,34 @@ class Ledger:
         """One row per hop: lines present, lines first missing there, extra copies, other records."""
         rows = []
         sent = self.sent
+        ours = {f.event_id for f in sent}
         for hop in HOPS:
             data = self.hops[hop]
             if not data.checked:
-                rows.append({"hop": hop, "checked": False, "lines": None, "missing_here": None,
-                             "extra_copies": None, "other_records": None, "note": data.note})
+                rows.append(
+                    {
+                        "hop": hop,
+                        "checked": False,
+                        "lines": None,
+                        "missing_here": None,
+                        "extra_copies": None,
+                        "other_records": None,
+                        "note": data.note,
+                    }
+                )
                 continue
             present = [f for f in sent if f.counts[hop]]
-            ours = {f.event_id for f in sent}
-            rows.append({
-                "hop": hop,
-                "checked": True,
-                "lines": len(present),
-                "missing_here": sum(1 for f in sent if f.missing_at == hop),
-                "extra_copies": sum(f.counts[hop] - 1 for f in present),
-                "other_records": sum(n for i, n in data.ids.items() if i not in ours) + data.no_id,
-                "note": data.note,
-            })
+            rows.append(
+                {
+                    "hop": hop,
+                    "checked": True,
+                    "lines": len(present),
+                    "missing_here": sum(1 for f in sent if f.missing_at == hop),
+                    "extra_copies": sum(f.counts[hop] - 1 for f in present),
+                    "other_records": sum(n for i, n in data.ids.items() if i not in ours) + data.no_id,
+                    "note": data.note,
+                }
+            )
         return rows
 
     def fates(self) -> Counter:
@@ -167,8 +179,10 @@ class Ledger:
     # --- showing it -------------------------------------------------------------------------------
     def table(self) -> str:
         """The counts per hop and the fates, as text."""
-        out = [f"ledger of {self.source_file} ({len(self.lines)} data lines, {len(self.sent)} sent; "
-               f"sha256 {self.file_sha256[:12]})"]
+        out = [
+            f"ledger of {self.source_file} ({len(self.lines)} data lines, {len(self.sent)} sent; "
+            f"sha256 {self.file_sha256[:12]})"
+        ]
         header = f"{'hop':22} {'lines':>7} {'missing':>8} {'extra':>7} {'other':>7}"
         out += [header, "-" * len(header)]
         for row in self.hop_rows():
@@ -176,17 +190,27 @@ class Ledger:
             if not row["checked"]:
                 out.append(f"{title:22} {'not checked':>31}  {row['note']}".rstrip())
                 continue
-            out.append(f"{title:22} {row['lines']:>7} {row['missing_here']:>8} {row['extra_copies']:>7} "
-                       f"{row['other_records']:>7}" + (f"  {row['note']}" if row["note"] else ""))
-        out.append("(missing: lines first absent at this hop; extra: copies beyond one; "
-                   "other: records of other files or without an event id)")
-        out.append("fates: " + ", ".join(f"{fate} {n}" for fate, n in sorted(self.fates().items(),
-                                                                              key=lambda kv: (-kv[1], kv[0]))))
+            out.append(
+                f"{title:22} {row['lines']:>7} {row['missing_here']:>8} {row['extra_copies']:>7} "
+                f"{row['other_records']:>7}" + (f"  {row['note']}" if row["note"] else "")
+            )
+        out.append(
+            "(missing: lines first absent at this hop; extra: copies beyond one; "
+            "other: records of other files or without an event id)"
+        )
+        out.append(
+            "fates: "
+            + ", ".join(
+                f"{fate} {n}" for fate, n in sorted(self.fates().items(), key=lambda kv: (-kv[1], kv[0]))
+            )
+        )
         shown = tuple(f"{HOP_TITLES[h]} not checked" for h in HOPS)  # already on the hop's row
         out += [f"note: {note}" for note in self.notes if not note.startswith(shown)]
         if self.missing:
             first = ", ".join(f"line {f.line} ({f.fate})" for f in self.missing[:10])
-            out.append(f"MISSING: {len(self.missing)} line(s): {first}" + (" ..." if len(self.missing) > 10 else ""))
+            out.append(
+                f"MISSING: {len(self.missing)} line(s): {first}" + (" ..." if len(self.missing) > 10 else "")
+            )
         if self.duplicated:
             first = ", ".join(f"line {f.line}" for f in self.duplicated[:10])
             out.append(f"DUPLICATED in silver: {len(self.duplicated)} line(s): {first}")
@@ -198,12 +222,20 @@ class Ledger:
         """One row per CSV line (pandas DataFrame): line, event_id, kind, copies per hop, fate."""
         import pandas as pd
 
-        return pd.DataFrame([
-            {"line": f.line, "event_id": f.event_id, "kind": f.kind,
-             **{hop: f.counts.get(hop) for hop in HOPS[1:4]},
-             "silver": f.in_silver, "quarantine": f.in_quarantine, "fate": f.fate}
-            for f in self.lines
-        ])
+        return pd.DataFrame(
+            [
+                {
+                    "line": f.line,
+                    "event_id": f.event_id,
+                    "kind": f.kind,
+                    **{hop: f.counts.get(hop) for hop in HOPS[1:4]},
+                    "silver": f.in_silver,
+                    "quarantine": f.in_quarantine,
+                    "fate": f.fate,
+                }
+                for f in self.lines
+            ]
+        )
 
 
 # --- reading the hops -------------------------------------------------------------------------------
@@ -245,8 +277,12 @@ def read_stream(kinesis, stream_name: str) -> HopData:
                 break
             kwargs = {"NextToken": page["NextToken"]}
         for shard_id in shards:
-            iterator = _call(kinesis.get_shard_iterator, StreamName=stream_name, ShardId=shard_id,
-                             ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+            iterator = _call(
+                kinesis.get_shard_iterator,
+                StreamName=stream_name,
+                ShardId=shard_id,
+                ShardIteratorType="TRIM_HORIZON",
+            )["ShardIterator"]
             while iterator:
                 page = _call(kinesis.get_records, ShardIterator=iterator, Limit=10000)
                 for record in page.get("Records", []):
@@ -285,8 +321,12 @@ def read_s3(s3, bucket: str, prefix: str) -> HopData:
         if _code(exc) not in _BUCKET_GONE:
             raise
         return HopData("s3", None, note=f"bucket {bucket!r} does not exist (deleted by teardown?)")
-    return HopData("s3", Counter(landing.event_ids), no_id=landing.unparsed_lines,
-                   note=f"{len(landing.objects)} objects under s3://{bucket}/{static_prefix(prefix)}")
+    return HopData(
+        "s3",
+        Counter(landing.event_ids),
+        no_id=landing.unparsed_lines,
+        note=f"{len(landing.objects)} objects under s3://{bucket}/{static_prefix(prefix)}",
+    )
 
 
 def read_tables(build_dir: str | Path, database: str | None = None) -> tuple[HopData, HopData, dict, dict]:
@@ -332,14 +372,21 @@ def csv_lines(csv_path: str | Path) -> tuple[str, str, list[tuple[int, str, str]
         lines += [(n, event_id_for(reader.file_sha256, n), "blank") for n in range(expected, record.line)]
         lines.append((record.line, record.event_id, record.kind))
         expected = record.line + 1
-    lines += [(n, event_id_for(reader.file_sha256, n), "blank") for n in range(expected, reader.total_lines + 1)]
+    lines += [
+        (n, event_id_for(reader.file_sha256, n), "blank") for n in range(expected, reader.total_lines + 1)
+    ]
     return reader.source_file, reader.file_sha256, lines
 
 
-def assemble(source_file: str, file_sha256: str, lines: Iterable[tuple[int, str, str]], hops: dict[str, HopData],
-             in_silver: dict[str, int] | None = None,
-             quarantined: dict[str, list[tuple[str, ...]]] | None = None,
-             notes: list[str] | None = None) -> Ledger:
+def assemble(
+    source_file: str,
+    file_sha256: str,
+    lines: Iterable[tuple[int, str, str]],
+    hops: dict[str, HopData],
+    in_silver: dict[str, int] | None = None,
+    quarantined: dict[str, list[tuple[str, ...]]] | None = None,
+    notes: list[str] | None = None,
+) -> Ledger:
     """The ledger from what each hop holds (pure: no I/O). ``hops`` maps kinesis/s3/bronze/silver to
     HopData (a missing key: not checked); ``in_silver``/``quarantined`` split the silver hop."""
     in_silver, quarantined = in_silver or {}, quarantined or {}
@@ -352,8 +399,15 @@ def assemble(source_file: str, file_sha256: str, lines: Iterable[tuple[int, str,
         for hop in HOPS[1:]:
             counts[hop] = hops[hop].ids.get(event_id, 0) if hops[hop].checked else None
         rules = tuple(sorted({r for row in quarantined.get(event_id, []) for r in row}))
-        fate = LineFate(line, event_id, kind, counts, in_silver.get(event_id, 0),
-                        len(quarantined.get(event_id, [])), rules)
+        fate = LineFate(
+            line,
+            event_id,
+            kind,
+            counts,
+            in_silver.get(event_id, 0),
+            len(quarantined.get(event_id, [])),
+            rules,
+        )
         if kind != "blank" and checked:
             present = [h for h in checked if counts[h]]
             if not counts[checked[-1]]:
@@ -365,17 +419,27 @@ def assemble(source_file: str, file_sha256: str, lines: Iterable[tuple[int, str,
         fates.append(fate)
     notes = list(notes or [])
     if trimmed:
-        notes.append(f"{trimmed} line(s) are no longer in the Kinesis stream but reached a later hop: trimmed "
-                     "from the stream (older than its retention period), not lost")
+        notes.append(
+            f"{trimmed} line(s) are no longer in the Kinesis stream but reached a later hop: trimmed "
+            "from the stream (older than its retention period), not lost"
+        )
     for hop in HOPS[1:]:
         if not hops[hop].checked:
             notes.append(f"{HOP_TITLES[hop]} not checked" + (f": {hops[hop].note}" if hops[hop].note else ""))
     return Ledger(source_file, file_sha256, fates, hops, notes)
 
 
-def build_ledger(csv_path: str | Path, *, kinesis=None, stream_name: str | None = None, s3=None,
-                 bucket: str | None = None, prefix: str | None = None, build_dir: str | Path | None = None,
-                 database: str | None = None) -> Ledger:
+def build_ledger(
+    csv_path: str | Path,
+    *,
+    kinesis=None,
+    stream_name: str | None = None,
+    s3=None,
+    bucket: str | None = None,
+    prefix: str | None = None,
+    build_dir: str | Path | None = None,
+    database: str | None = None,
+) -> Ledger:
     """The ledger of ``csv_path``: every data line's event id and fate at each hop.
 
     ``kinesis`` + ``stream_name``: read the stream (skipped if None or the stream is gone); ``s3`` +
@@ -384,7 +448,6 @@ def build_ledger(csv_path: str | Path, *, kinesis=None, stream_name: str | None 
     does not have the course's columns."""
     source_file, sha, lines = csv_lines(csv_path)
     hops: dict[str, HopData] = {}
-    notes: list[str] = []
     if kinesis is not None and stream_name:
         hops["kinesis"] = read_stream(kinesis, stream_name)
     else:
@@ -400,7 +463,7 @@ def build_ledger(csv_path: str | Path, *, kinesis=None, stream_name: str | None 
     else:
         hops["bronze"] = HopData("bronze", None, note="no build folder given")
         hops["silver"] = HopData("silver", None, note="no build folder given")
-    ledger = assemble(source_file, sha, lines, hops, in_silver, quarantined, notes)
+    ledger = assemble(source_file, sha, lines, hops, in_silver, quarantined)
     if any("trimmed" in n for n in ledger.notes) and kinesis is not None:
         hours = stream_retention_hours(kinesis, stream_name)
         if hours:
@@ -409,8 +472,14 @@ def build_ledger(csv_path: str | Path, *, kinesis=None, stream_name: str | None 
 
 
 # --- `kinesis-lab reconcile` -------------------------------------------------------------------------
-def run_reconcile(*, target: str | None = None, dataset: str = "sample", as_json: bool = False,
-                  write_summary: bool = True, out=print) -> int:
+def run_reconcile(
+    *,
+    target: str | None = None,
+    dataset: str = "sample",
+    as_json: bool = False,
+    write_summary: bool = True,
+    out=print,
+) -> int:
     """``kinesis-lab reconcile``: build the ledger of the configured lab, print it, add its figures to
     build/run-summary.json. 0: every line accounted for; 1: a line is missing or duplicated in silver;
     2: the ledger cannot be built (bad dataset, nothing to check)."""
@@ -445,16 +514,28 @@ def run_reconcile(*, target: str | None = None, dataset: str = "sample", as_json
         s3 = boto3.client("s3", region_name=cfg.region)
         bucket = session.bucket
     try:
-        ledger = build_ledger(csv_path, kinesis=kinesis, stream_name=cfg.stream_name, s3=s3, bucket=bucket,
-                              prefix=cfg.s3_prefix, build_dir=cfg.build_dir)
+        ledger = build_ledger(
+            csv_path,
+            kinesis=kinesis,
+            stream_name=cfg.stream_name,
+            s3=s3,
+            bucket=bucket,
+            prefix=cfg.s3_prefix,
+            build_dir=cfg.build_dir,
+        )
     except (HeaderError, FileNotFoundError) as exc:
         return fail(str(exc))
     if session is None:
-        ledger.notes.insert(0, "the local stack is not running: Kinesis and S3 not checked "
-                               "(start it with `kinesis-lab up` to check them)")
+        ledger.notes.insert(
+            0,
+            "the local stack is not running: Kinesis and S3 not checked "
+            "(start it with `kinesis-lab up` to check them)",
+        )
     if not ledger.checked_hops():
-        return fail("nothing to check: no stream, no bucket and no pipeline tables "
-                    "(run the series first, or start the local stack)")
+        return fail(
+            "nothing to check: no stream, no bucket and no pipeline tables "
+            "(run the series first, or start the local stack)"
+        )
     figures = ledger.summary_figures()
     if write_summary:
         update_summary(cfg.build_dir, **figures)

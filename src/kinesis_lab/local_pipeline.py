@@ -7,21 +7,30 @@ metastore kept under the build folder; ``read_table``/``pipeline_summary`` read 
 pyarrow, so a notebook needs no second JVM (which would also fight over the Derby metastore lock).
 
 Layout under ``build_dir``: ``external_location/`` (the mirror), ``lakehouse/`` (rendered spec,
-warehouse, metastore, checkpoints, run logs). Deleting ``lakehouse/`` starts the pipeline afresh.
+warehouse, metastore, checkpoints, run logs, ``connect-server/``). Deleting ``lakehouse/`` (after
+``stop_pipeline_server``; ``reset_pipeline`` does both) starts the pipeline afresh.
 
-Running this file (see run_pipeline) is the ``spark-pipelines`` CLI with two additions: its Spark
-Connect server gets a free port (not the fixed 15002, so parallel runs do not collide) and the
-spec's database is created first (the stock CLI expects it to exist).
+Spark itself runs in a long-lived Spark Connect server, one per build folder (``reuse_server=True``,
+the default): the first run starts it (pyspark's ``spark.local.connect.reuse`` opt-in, with its
+discovery file in ``lakehouse/connect-server/``), later runs connect to it, each in a session of its
+own, and skip the ~25 s of JVM and Hive metastore start. ``stop_pipeline_server`` stops it.
+
+Running this file (see run_pipeline) is the ``spark-pipelines`` CLI with two additions: it connects
+to the build folder's server (or, with ``reuse_server=False``, starts an in-process one on a free
+port, not the fixed 15002, so parallel runs do not collide) and the spec's database is created
+first (the stock CLI expects it to exist).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -40,8 +49,11 @@ QUARANTINE_TABLE = "silver_quarantine"
 GOLD_PREFIX = "gold_"
 DEFAULT_TIMEOUT = 900  # seconds; a run takes 1-2 minutes on 2 cores
 
-# pipeline log lines worth showing while it runs: flow state changes and the end of the run
-PROGRESS_LINE = re.compile(r"Flow \S+ (is STARTING|has COMPLETED|has FAILED|is FAILED)|Run is \w+")
+# pipeline log lines worth showing while it runs: flow state changes, the end of the run, the server used
+PROGRESS_LINE = re.compile(
+    r"Flow \S+ (is STARTING|has COMPLETED|has FAILED|is FAILED)|Run is \w+|^Spark Connect server "
+)
+SERVER_LINE = re.compile(r"^Spark Connect server (started|reused): pid (\d+)")
 FLOW_STATE = re.compile(r"(?:(\d\d:\d\d:\d\d): )?Flow '?(?:\S+\.)?(\w+)'? (?:is|has) ([A-Z]+)")
 RUN_STATE = re.compile(r"Run is ([A-Z]+)")
 
@@ -139,6 +151,10 @@ class PipelineRun:
     flows: dict[str, str] = field(default_factory=dict)  # flow (table) -> its last state, e.g. COMPLETED
     # (time "HH:MM:SS", flow, state) in log order: STARTING / RUNNING / COMPLETED / FAILED ...
     timeline: list[tuple[str, str, str]] = field(default_factory=list)
+    # the build folder's Spark Connect server: "started" by this run or "reused"; "in-process" if
+    # run with reuse_server=False (server_pid is then None)
+    server: str = "in-process"
+    server_pid: int | None = None
 
 
 # Static settings are fixed when Spark starts; the spec's configuration is applied to every flow
@@ -230,18 +246,34 @@ def run_pipeline(
     timeout: float = DEFAULT_TIMEOUT,
     echo: Callable[[str], None] | None = print,
     dry_run: bool = False,
+    reuse_server: bool = True,
 ) -> PipelineRun:
     """Run the pipeline once (an incremental update, or ``full_refresh``: reset every table;
     ``dry_run``: only check that the graph resolves, as ``spark-pipelines dry-run``).
 
+    ``reuse_server``: run in the build folder's long-lived Spark Connect server, starting it if
+    there is none (or it is dead, does not answer, or was started with other settings); it keeps
+    running after the run: ``stop_pipeline_server`` (or ``reset_pipeline``) stops it. False: start
+    Spark for this run only, in the run's own process.
+
     The full log goes to ``lakehouse/logs/run-<time>.log``; flow starts/completions go to ``echo``
-    (None: silent). Raises PipelineError with the end of the log if the run fails or times out."""
+    (None: silent). Raises PipelineError with the end of the log if the run fails or times out
+    (a timed-out run also stops the build folder's server)."""
     pipeline_dir = Path(pipeline_dir).resolve()
     lakehouse = lakehouse_dir(build_dir).resolve()
     lakehouse.mkdir(parents=True, exist_ok=True)
     with build_lock(build_dir):
         return _run_locked(
-            pipeline_dir, lakehouse, source_path, build_dir, full_refresh, extra_conf, timeout, echo, dry_run
+            pipeline_dir,
+            lakehouse,
+            source_path,
+            build_dir,
+            full_refresh,
+            extra_conf,
+            timeout,
+            echo,
+            dry_run,
+            reuse_server,
         )
 
 
@@ -264,7 +296,7 @@ def build_lock(build_dir: str | Path):
 
 
 def _run_locked(
-    pipeline_dir, lakehouse, source_path, build_dir, full_refresh, extra_conf, timeout, echo, dry_run
+    pipeline_dir, lakehouse, source_path, build_dir, full_refresh, extra_conf, timeout, echo, dry_run, reuse
 ):
     configuration, static_conf = spark_settings(
         source_path=source_path, build_dir=build_dir, extra_conf=extra_conf
@@ -280,10 +312,23 @@ def _run_locked(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(pipeline_dir), os.environ.get("PYTHONPATH")])),
         STATIC_CONF_ENV: json.dumps(static_conf),
     }
+    env.pop(SERVER_ENV, None)
+    if reuse:
+        env[SERVER_ENV] = str(lakehouse)
     command = _pipelines_command(spec_path, full_refresh, dry_run)
+    with _marked_run(build_dir) if reuse else contextlib.nullcontext():
+        return _run_subprocess(
+            command, env, lakehouse, log_path, spec_path, build_dir, full_refresh, timeout, echo, reuse
+        )
+
+
+def _run_subprocess(
+    command, env, lakehouse, log_path, spec_path, build_dir, full_refresh, timeout, echo, reuse
+):
     flows: dict[str, str] = {}
     timeline: list[tuple[str, str, str]] = []
     run_states: list[str] = []
+    server: list[tuple[str, int]] = []
     started = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(command) + "\n")
@@ -309,6 +354,8 @@ def _run_locked(
                     timeline.append((clock or "", flow, state))
                 if match := RUN_STATE.search(line):
                     run_states.append(match.group(1))
+                if match := SERVER_LINE.search(line):
+                    server.append((match.group(1), int(match.group(2))))
                 if echo is not None and PROGRESS_LINE.search(line):
                     echo(_short_progress(line))
 
@@ -319,9 +366,16 @@ def _run_locked(
         except subprocess.TimeoutExpired:
             _kill_group(process)
             reader.join(timeout=10)
+            # the server may be stuck in (or starting for) this run: the next run starts a fresh one
+            stopped = reuse and stop_pipeline_server(build_dir)
             raise PipelineError(
-                f"pipeline run timed out after {timeout:.0f} s; log: {log_path}\n{_log_tail(log_path)}"
+                f"pipeline run timed out after {timeout:.0f} s"
+                + ("; stopped the build folder's Spark Connect server" if stopped else "")
+                + f"; log: {log_path}\n{_log_tail(log_path)}"
             ) from None
+        except BaseException:  # e.g. KeyboardInterrupt (a notebook's interrupt): do not leave the run going
+            _kill_group(process)
+            raise
         reader.join(timeout=30)
     duration = time.monotonic() - started
     if returncode != 0 or (run_states and run_states[-1] != "COMPLETED"):
@@ -333,7 +387,10 @@ def _run_locked(
         )
     if echo is not None:
         echo(f"pipeline run finished in {duration:.1f} s (log: {log_path})")
-    return PipelineRun(duration, log_path, spec_path, full_refresh, dict(flows), list(timeline))
+    server_state, server_pid = server[-1] if server else ("in-process", None)
+    return PipelineRun(
+        duration, log_path, spec_path, full_refresh, dict(flows), list(timeline), server_state, server_pid
+    )
 
 
 def _short_progress(line: str) -> str:
@@ -366,8 +423,322 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 
 def reset_pipeline(build_dir: str | Path) -> None:
-    """Forget every table, checkpoint and the metastore: the next run starts from nothing."""
+    """Forget every table, checkpoint and the metastore: the next run starts from nothing. Stops the
+    build folder's Spark Connect server first (it holds the metastore open)."""
+    stop_pipeline_server(build_dir)
     shutil.rmtree(lakehouse_dir(build_dir), ignore_errors=True)
+
+
+# --- the build folder's long-lived Spark Connect server ----------------------------------------------
+# The run subprocess starts it with pyspark's opt-in (pyspark.sql.connect.local_server: the
+# ``sbin/start-connect-server.sh`` daemon, bound to 127.0.0.1, auth token in a 0600 discovery file)
+# with the discovery file in this build folder, so a server is never shared between build folders;
+# this module only checks it (pid, settings, does it answer) and stops it.
+SERVER_ENV = "KINESIS_LAB_PIPELINE_SERVER"  # set for the run subprocess: the lakehouse whose server to use
+SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+# ``-Dkinesis_lab.lakehouse=<lakehouse>`` on the server's java command line
+SERVER_MARKER = "kinesis_lab.lakehouse"
+SERVER_STATE = "kinesis-lab-server.json"  # next to the discovery file: pid + fingerprint of the settings
+SERVER_PROBE_TIMEOUT = 20.0  # seconds for a running server to answer (gRPC handshake) before it is replaced
+SERVER_STOP_TIMEOUT = 30.0  # seconds between SIGTERM and SIGKILL
+# a server nobody stopped stops itself after this long without a run (0: never); see _watch_server
+SERVER_IDLE_ENV = "KINESIS_LAB_SERVER_IDLE_TIMEOUT"
+SERVER_IDLE_TIMEOUT = 1800.0
+RUN_MARK = "run-state"  # next to the discovery file: "running <pid of run_pipeline's process>" or "idle"
+# JVM options of the long-lived server only (measured: see benchmarks/RESULTS.md)
+SERVER_JAVA_OPTIONS: tuple[str, ...] = ()
+
+
+def server_dir(build_dir: str | Path) -> Path:
+    """``lakehouse/connect-server``: the server's discovery file (0600: it holds the auth token),
+    pid file and logs (``logs/``)."""
+    return lakehouse_dir(build_dir) / "connect-server"
+
+
+def discovery_path(build_dir: str | Path) -> Path:
+    """The discovery file of the build folder's server (pyspark's ``SPARK_LOCAL_CONNECT_DISCOVERY``):
+    ``SPARK_LOCAL_CONNECT_DISCOVERY=<this> python -m pyspark.sql.connect.local_server --stop``
+    stops the server too."""
+    return server_dir(build_dir) / "discovery.json"
+
+
+def server_conf(static_conf: Mapping[str, str], lakehouse: str | Path) -> dict[str, str]:
+    """The settings a build folder's server starts with: the static ones (catalog, warehouse,
+    metastore), plus a marker on the java command line naming the lakehouse, by which its server is
+    found and stopped even when its discovery file is gone (``lakehouse/`` deleted under it)."""
+    conf = dict(static_conf)
+    java_options = [
+        conf.get("spark.driver.extraJavaOptions", ""),
+        f'"-D{SERVER_MARKER}={Path(lakehouse).resolve()}"',
+        *SERVER_JAVA_OPTIONS,
+    ]
+    conf["spark.driver.extraJavaOptions"] = " ".join(filter(None, java_options))
+    return conf
+
+
+def server_pids(build_dir: str | Path) -> list[int]:
+    """The Spark Connect servers (java processes of this user) started for this build folder."""
+    return _server_pids(lakehouse_dir(build_dir).resolve())
+
+
+def _server_pids(lakehouse: Path) -> list[int]:
+    marker = f"-D{SERVER_MARKER}={lakehouse}"
+    found: list[int] = []
+    proc = Path("/proc")
+    if (proc / "self" / "cmdline").exists():
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if entry.stat().st_uid != os.getuid():
+                    continue
+                args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if marker in args and SERVER_CLASS in args:
+                found.append(int(entry.name))
+        return sorted(found)
+    # no /proc (macOS): ps shows the arguments joined with spaces
+    listing = subprocess.run(
+        ["ps", "-ww", "-U", str(os.getuid()), "-o", "pid=,command="],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
+    for line in listing.splitlines():
+        pid, _, command = line.strip().partition(" ")
+        if f" {marker} " in f" {command} " and SERVER_CLASS in command and pid.isdigit():
+            found.append(int(pid))
+    return sorted(found)
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (a killed server nobody has reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _stop_pids(pids: list[int], timeout: float = SERVER_STOP_TIMEOUT) -> None:
+    """SIGTERM (the server shuts Spark down cleanly), SIGKILL after ``timeout``; returns once gone."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        alive = [pid for pid in pids if _running(pid)]
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [pid for pid in alive if _running(pid)]
+        if not alive:
+            return
+    raise PipelineError(f"could not stop the Spark Connect server(s) {pids}")
+
+
+@contextlib.contextmanager
+def _discovery_lock(discovery: Path, timeout: float = 10.0):
+    """pyspark's lock on the discovery file (``<file>.lock``), taken with a bounded wait: a server
+    start holds it up to ~2 minutes; after ``timeout`` we go on without it. No folder, no lock (and
+    the folder is not created)."""
+    if not discovery.parent.is_dir():
+        yield
+        return
+    with open(f"{discovery}.lock", "a+") as handle:
+        deadline = time.monotonic() + timeout
+        locked = False
+        while not locked:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _marked_run(build_dir: str | Path):
+    """Tell the server's watchdog that a run is going on (it never stops a busy server)."""
+    mark = server_dir(build_dir) / RUN_MARK
+    mark.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mark.write_text(f"running {os.getpid()}")
+    try:
+        yield
+    finally:
+        if mark.parent.is_dir():
+            mark.write_text("idle")
+
+
+def _busy(discovery: Path) -> bool:
+    try:
+        state = (discovery.parent / RUN_MARK).read_text().split()
+    except OSError:
+        return False
+    return len(state) == 2 and state[0] == "running" and state[1].isdigit() and _running(int(state[1]))
+
+
+def _watch_server(lakehouse: Path, pid: int, idle_timeout: float, poll: float = 2.0) -> None:
+    """A small detached process per server, started with it: stops the server when ``lakehouse/``
+    is deleted under it (its metastore and tables are gone), when its discovery file no longer names
+    it (forgotten or replaced), or after ``idle_timeout`` s without a run, so a server nobody stopped
+    does not stay forever; exits when the server does."""
+    discovery = lakehouse / "connect-server" / "discovery.json"
+    last_busy = time.time()
+    while _running(pid):
+        time.sleep(poll)
+        if _busy(discovery):
+            last_busy = time.time()
+            continue
+        with contextlib.suppress(OSError):
+            last_busy = max(last_busy, (discovery.parent / RUN_MARK).stat().st_mtime)
+        orphan = not discovery.exists() or _read_json(discovery).get("pid", pid) != pid
+        idle = idle_timeout > 0 and time.time() - last_busy > idle_timeout
+        if orphan or idle:
+            with _discovery_lock(discovery, timeout=60):
+                if not orphan and _busy(discovery):  # a run began meanwhile
+                    continue
+                _stop_pids([pid])
+                if not orphan:
+                    _forget_server(discovery)
+            return
+
+
+def _start_watchdog(lakehouse: Path, pid: int) -> None:
+    try:
+        idle_timeout = float(os.environ.get(SERVER_IDLE_ENV) or SERVER_IDLE_TIMEOUT)
+    except ValueError:
+        idle_timeout = SERVER_IDLE_TIMEOUT
+    log = lakehouse / "connect-server" / "logs" / "watchdog.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as handle:
+        subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "watch-server", str(lakehouse), str(pid)]
+            + [str(idle_timeout)],
+            cwd="/",  # not in the lakehouse: it may be deleted
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=handle,
+            start_new_session=True,  # outlives the run; a timed-out run's kill does not reach it
+        )
+
+
+def _forget_server(discovery: Path) -> None:
+    """Remove the discovery file, the daemon's pid file and our state file."""
+    for path in (discovery, *discovery.parent.glob("spark-*.pid"), discovery.parent / SERVER_STATE):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def stop_pipeline_server(build_dir: str | Path) -> bool:
+    """Stop the build folder's Spark Connect server (and any left over from a deleted ``lakehouse/``);
+    True if there was one. Safe to call when none runs; returns once the JVM is gone. A run still
+    going in that server fails."""
+    pids = server_pids(build_dir)
+    discovery = discovery_path(build_dir)
+    with _discovery_lock(discovery):
+        _stop_pids(pids)
+        if discovery.parent.is_dir():
+            _forget_server(discovery)
+    return bool(pids)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _answers(host: str, port: int, timeout: float) -> bool:
+    """Does the server complete a gRPC (HTTP/2) handshake within ``timeout``? A stopped or wedged
+    JVM can keep its port open (the kernel accepts the connection) without ever answering."""
+    import grpc
+
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        channel.close()
+
+
+def _connect_to_build_server(static_conf: Mapping[str, str], lakehouse: Path):
+    """(In the run subprocess) a new session in the build folder's server, started if need be:
+    replaced if it runs with other settings (static settings apply only when a server starts), does
+    not answer, or is not the one the discovery file names."""
+    from pyspark.sql.connect.local_server import reuse_or_start_local_connect_server
+    from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
+    from pyspark.version import __version__
+
+    discovery = lakehouse / "connect-server" / "discovery.json"
+    discovery.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(discovery.parent, 0o700)  # the discovery file holds the server's auth token
+    os.environ["SPARK_LOCAL_CONNECT_DISCOVERY"] = str(discovery)
+    seed = server_conf(static_conf, lakehouse)
+    identity = json.dumps([seed, __version__, sys.executable, os.environ.get("PYTHONPATH")], sort_keys=True)
+    fingerprint = hashlib.sha256(identity.encode()).hexdigest()
+    state_path = discovery.parent / SERVER_STATE
+
+    with _discovery_lock(discovery, timeout=60):  # a watchdog may be stopping the server (<= 40 s)
+        live = _server_pids(lakehouse)
+        recorded = _read_json(discovery)
+        problem = ""
+        if live:
+            if recorded.get("pid") not in live or len(live) > 1:
+                problem = "not the server the discovery file names"
+            elif _read_json(state_path).get("fingerprint") != fingerprint:
+                problem = "started with other settings"
+            elif not _answers(recorded.get("host", "localhost"), recorded["port"], SERVER_PROBE_TIMEOUT):
+                problem = f"does not answer within {SERVER_PROBE_TIMEOUT:.0f} s"
+            if problem:
+                print(
+                    f"Spark Connect server: replacing pid {', '.join(map(str, live))}: {problem}", flush=True
+                )
+                _stop_pids(live, timeout=5.0 if "answer" in problem else SERVER_STOP_TIMEOUT)
+        elif recorded:
+            print(f"Spark Connect server: pid {recorded.get('pid')} is gone, starting a new one", flush=True)
+        if problem or (recorded and not live):
+            _forget_server(discovery)
+    reused = bool(live) and not problem
+
+    started = time.monotonic()
+    # takes pyspark's lock itself; its waits are bounded (120 s for the script, 120 s for the port)
+    url = reuse_or_start_local_connect_server(
+        "local[*]", {**seed, "spark.local.connect.server.port": str(_free_port())}
+    )
+    recorded = _read_json(discovery)
+    pid = recorded.get("pid")
+    if not reused:
+        if pid not in _server_pids(lakehouse):
+            raise PipelineError(f"the Spark Connect server (pid {pid}) was started without its marker")
+        state = {"pid": pid, "fingerprint": fingerprint}
+        state_path.write_text(json.dumps(state))
+        _start_watchdog(lakehouse, pid)
+    took = f" in {time.monotonic() - started:.1f} s" if not reused else ""
+    print(
+        f"Spark Connect server {'reused' if reused else 'started'}: pid {pid}, {url}{took}"
+        f" (logs: {discovery.parent / 'logs'})",
+        flush=True,
+    )
+    os.environ["SPARK_REMOTE"] = url  # the CLI's SparkSession.builder.getOrCreate() connects here
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    return RemoteSparkSession.builder.remote(url).getOrCreate()
 
 
 # --- reading the results without Spark -------------------------------------------------------------
@@ -464,7 +835,12 @@ def _pipelines_cli() -> None:
 
     args = sys.argv[1:]
     spec = cli.load_pipeline_spec(Path(args[args.index("--spec") + 1])) if "--spec" in args else None
-    if spec is not None:
+    if spec is not None and os.environ.get(SERVER_ENV):
+        static_conf = json.loads(os.environ.get(STATIC_CONF_ENV) or "{}")
+        spark = _connect_to_build_server(static_conf, Path(os.environ[SERVER_ENV]))
+        if spec.database:
+            spark.sql(f"CREATE DATABASE IF NOT EXISTS `{spec.database}`")
+    elif spec is not None:
         port = _free_port()
         settings = {
             **json.loads(os.environ.get(STATIC_CONF_ENV) or "{}"),
@@ -487,4 +863,7 @@ def _pipelines_cli() -> None:
 
 
 if __name__ == "__main__":
-    _pipelines_cli()
+    if sys.argv[1:2] == ["watch-server"]:
+        _watch_server(Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+    else:
+        _pipelines_cli()

@@ -220,3 +220,19 @@ def reset(endpoint: str) -> None:
     """Wipe every resource in the moto server (``POST /moto-api/reset``)."""
     req = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST", data=b"")
     urllib.request.urlopen(req, timeout=10).close()
+
+
+def set_iam_enforcement(endpoint: str, on: bool) -> None:
+    """Make the moto server check signatures and IAM policies (``on``) or accept anything (off, the default).
+
+    ``POST /moto-api/reset-auth`` with the number of requests to let through unchecked: ``0`` = check from
+    now on, ``inf`` = never. While it is on, the dummy keys of ``local_env`` are refused (InvalidAccessKeyId):
+    use the keys of an IAM user created in moto beforehand. Only S3 checks resource scoping; Kinesis and
+    Firehose actions are checked against ``*`` (a moto 5.2 limitation)."""
+    req = urllib.request.Request(
+        f"{endpoint}/moto-api/reset-auth",
+        data=b"0" if on else b"inf",
+        method="POST",
+        headers={"Content-Type": "text/plain"},  # a form content type loses the body
+    )
+    urllib.request.urlopen(req, timeout=10).close()
