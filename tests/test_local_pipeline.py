@@ -1,10 +1,18 @@
 """The local stand-ins for Databricks: S3 mirror (against the real local stack) and the real pipeline
-run with spark-pipelines (three runs: first load, nothing new, one new file)."""
+run with spark-pipelines (first load, nothing new, one new file, through one long-lived Spark Connect
+server; then that server killed and replaced, a full refresh, and an in-process run), plus the
+server's bookkeeping (stop, watchdog) on stand-in processes."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -161,10 +169,14 @@ def write_lines(path: Path, lines: list[str], gz: bool = False) -> None:
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
-    """Build folder + landing folder shared by the ordered e2e tests below."""
+    """Build folder + landing folder shared by the ordered e2e tests below; their Spark Connect server
+    is stopped at the end (no JVM left behind)."""
     base = tmp_path_factory.mktemp("e2e")
     state = {"build": base / "build", "source": base / "external_location" / "bronze", "durations": {}}
-    return state
+    yield state
+    lp.stop_pipeline_server(state["build"])
+    assert lp.server_pids(state["build"]) == []
+    print("pipeline run durations:", {k: round(v, 1) for k, v in state["durations"].items()})
 
 
 UPSTREAM = {
@@ -177,12 +189,16 @@ UPSTREAM = {
 }
 
 
-def run(e2e, label: str, full_refresh: bool = False) -> lp.PipelineRun:
+def run(e2e, label: str, full_refresh: bool = False, reuse_server: bool = True) -> lp.PipelineRun:
     result = lp.run_pipeline(
-        PIPELINE_DIR, source_path=e2e["source"], build_dir=e2e["build"], full_refresh=full_refresh
+        PIPELINE_DIR,
+        source_path=e2e["source"],
+        build_dir=e2e["build"],
+        full_refresh=full_refresh,
+        reuse_server=reuse_server,
     )
     e2e["durations"][label] = result.duration_s
-    print(f"pipeline run '{label}': {result.duration_s:.1f} s")
+    print(f"pipeline run '{label}': {result.duration_s:.1f} s, server {result.server} ({result.server_pid})")
     assert set(result.flows) == {
         "bronze_events",
         "silver_events",
@@ -237,7 +253,10 @@ def test_e2e_first_run(e2e):
     )
     write_lines(day / "someone-dropped-a-csv.csv", ["Country,Year", "", "Chad,2015"])
 
-    run(e2e, "first (cold)")
+    result = run(e2e, "first (cold)")
+    assert result.server == "started"
+    assert lp.server_pids(e2e["build"]) == [result.server_pid]
+    e2e["server_pid"] = result.server_pid
 
     summary = lp.pipeline_summary(e2e["build"])
     assert summary["bronze_rows"] == 8 + 2 + 2  # every non-blank line, duplicates included
@@ -277,8 +296,12 @@ def test_e2e_first_run(e2e):
 @pytest.mark.spark
 def test_e2e_second_run_without_new_data_adds_nothing(e2e):
     before = lp.pipeline_summary(e2e["build"])
-    run(e2e, "second (no new data)")
-    after = lp.pipeline_summary(e2e["build"])
+    result = run(e2e, "second (no new data)")
+    assert (result.server, result.server_pid) == ("reused", e2e["server_pid"])
+    assert_same_tables(lp.pipeline_summary(e2e["build"]), before)
+
+
+def assert_same_tables(after: dict, before: dict) -> None:
     for key in ("bronze_rows", "silver_rows", "quarantine_rows", "quarantine_by_rule", "gold_tables"):
         assert after[key] == before[key], key
 
@@ -299,7 +322,8 @@ def test_e2e_new_file_flows_through_alone(e2e):
         ],
     )
     started = time.time()
-    run(e2e, "third (one new file)")
+    result = run(e2e, "third (one new file)")
+    assert (result.server, result.server_pid) == ("reused", e2e["server_pid"])
     after = lp.pipeline_summary(e2e["build"])
     assert after["bronze_rows"] == before["bronze_rows"] + 4
     assert after["silver_rows"] == before["silver_rows"] + 2
@@ -314,7 +338,37 @@ def test_e2e_new_file_flows_through_alone(e2e):
     assert (silver["event_id"] == "evt-a1").sum() == 1
     regions = lp.read_table(e2e["build"], "gold_rate_by_region_year")
     assert ("South Asia", 2016) in set(zip(regions["Region"], regions["Year"], strict=True))
-    print("pipeline run durations:", {k: round(v, 1) for k, v in e2e["durations"].items()})
+
+
+@pytest.mark.spark
+def test_e2e_killed_server_is_replaced_and_sees_the_tables(e2e):
+    before = lp.pipeline_summary(e2e["build"])
+    os.kill(e2e["server_pid"], signal.SIGKILL)  # no clean shutdown: Derby recovers its metastore
+    result = run(e2e, "fourth (server killed before)")
+    assert result.server == "started" and result.server_pid != e2e["server_pid"]
+    assert lp.server_pids(e2e["build"]) == [result.server_pid]
+    assert_same_tables(lp.pipeline_summary(e2e["build"]), before)
+    e2e["server_pid"] = result.server_pid
+
+
+@pytest.mark.spark
+def test_e2e_full_refresh_rebuilds_the_same_tables(e2e):
+    before = lp.pipeline_summary(e2e["build"])
+    started = time.time()
+    result = run(e2e, "fifth (full refresh)", full_refresh=True)
+    assert (result.server, result.server_pid) == ("reused", e2e["server_pid"])
+    assert_same_tables(lp.pipeline_summary(e2e["build"]), before)
+    bronze = lp.read_table(e2e["build"], "bronze_events")
+    assert (bronze["_ingested_at"] >= pd_timestamp(started - 5)).all(), "every file was read again"
+
+
+@pytest.mark.spark
+def test_e2e_in_process_run_stops_the_server_first(e2e):
+    before = lp.pipeline_summary(e2e["build"])
+    result = run(e2e, "sixth (in-process, no new data)", reuse_server=False)
+    assert (result.server, result.server_pid) == ("in-process", None)
+    assert lp.server_pids(e2e["build"]) == [], "the server would hold the Derby metastore"
+    assert_same_tables(lp.pipeline_summary(e2e["build"]), before)
 
 
 def pd_timestamp(epoch_seconds: float):
@@ -339,3 +393,114 @@ def test_run_pipeline_timeout_kills_the_run_and_says_so(tmp_path):
         lp.run_pipeline(
             PIPELINE_DIR, source_path=tmp_path / "src", build_dir=tmp_path / "build", timeout=3, echo=None
         )
+    assert lp.server_pids(tmp_path / "build") == []
+
+
+# --- the server's bookkeeping, on stand-in processes (no JVM) --------------------------------------------
+@pytest.fixture
+def fake_servers():
+    """Start processes that look like a build folder's server (class and marker on the command line)."""
+    started: list[subprocess.Popen] = []
+
+    def start(build_dir: Path) -> subprocess.Popen:
+        lakehouse = lp.lakehouse_dir(build_dir).resolve()
+        lakehouse.mkdir(parents=True, exist_ok=True)
+        args = [f"-D{lp.SERVER_MARKER}={lakehouse}", lp.SERVER_CLASS]
+        process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *args])
+        started.append(process)
+        deadline = time.monotonic() + 10
+        while process.pid not in lp.server_pids(build_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+def write_discovery(build_dir: Path, pid: int) -> Path:
+    discovery = lp.discovery_path(build_dir)
+    discovery.parent.mkdir(parents=True, exist_ok=True)
+    discovery.write_text(json.dumps({"host": "localhost", "port": 1, "token": "t", "pid": pid}))
+    return discovery
+
+
+def test_server_conf_marks_the_java_command_line(tmp_path):
+    _, static = lp.spark_settings(source_path=tmp_path / "src", build_dir=tmp_path)
+    conf = lp.server_conf(static, lp.lakehouse_dir(tmp_path))
+    lakehouse = lp.lakehouse_dir(tmp_path).resolve()
+    assert f'"-D{lp.SERVER_MARKER}={lakehouse}"' in conf["spark.driver.extraJavaOptions"]
+    assert conf["spark.driver.extraJavaOptions"].startswith(static["spark.driver.extraJavaOptions"])
+    assert {k: v for k, v in conf.items() if k != "spark.driver.extraJavaOptions"}.items() >= {
+        k: v for k, v in static.items() if k != "spark.driver.extraJavaOptions"
+    }.items()
+
+
+def test_stop_pipeline_server_stops_only_that_build_folders_server(tmp_path, fake_servers):
+    assert lp.stop_pipeline_server(tmp_path / "none") is False  # nothing to stop: fine
+    assert not (tmp_path / "none").exists()
+    mine, other = fake_servers(tmp_path / "a"), fake_servers(tmp_path / "b")
+    discovery = write_discovery(tmp_path / "a", mine.pid)
+    assert lp.server_pids(tmp_path / "a") == [mine.pid]
+    assert lp.stop_pipeline_server(tmp_path / "a") is True
+    assert mine.wait(timeout=5) == -signal.SIGTERM
+    assert not discovery.exists()
+    assert other.poll() is None and lp.server_pids(tmp_path / "b") == [other.pid]
+    assert lp.stop_pipeline_server(tmp_path / "a") is False
+
+
+def test_reset_pipeline_stops_the_server_before_deleting(tmp_path, fake_servers):
+    server = fake_servers(tmp_path)
+    lp.reset_pipeline(tmp_path)
+    assert server.wait(timeout=5) == -signal.SIGTERM
+    assert not lp.lakehouse_dir(tmp_path).exists()
+
+
+def test_watchdog_stops_an_idle_server_but_not_a_busy_one(tmp_path, fake_servers):
+    server = fake_servers(tmp_path)
+    discovery = write_discovery(tmp_path, server.pid)
+    with lp._marked_run(tmp_path):  # a run is going on: the watchdog waits
+        watchdog = threading.Thread(
+            target=lp._watch_server, args=(discovery.parent.parent, server.pid, 0.3, 0.05)
+        )
+        watchdog.start()
+        time.sleep(1.0)
+        assert server.poll() is None
+    watchdog.join(timeout=10)  # idle for 0.3 s after the run: stopped, and forgotten
+    assert not watchdog.is_alive() and server.wait(timeout=5) == -signal.SIGTERM
+    assert not discovery.exists()
+
+
+def test_watchdog_stops_a_server_whose_lakehouse_was_deleted(tmp_path, fake_servers):
+    server = fake_servers(tmp_path)
+    write_discovery(tmp_path, server.pid)
+    lakehouse = lp.lakehouse_dir(tmp_path).resolve()
+    watchdog = threading.Thread(target=lp._watch_server, args=(lakehouse, server.pid, 0, 0.05))
+    watchdog.start()
+    time.sleep(0.3)
+    assert server.poll() is None  # idle timeout 0: never stopped for idleness
+    import shutil
+
+    shutil.rmtree(lakehouse)  # e.g. `make clean` or a new demo run, without stopping the server
+    watchdog.join(timeout=10)
+    assert server.wait(timeout=5) == -signal.SIGTERM
+    assert not lakehouse.exists(), "the watchdog must not recreate the folder"
+
+
+def test_a_server_that_does_not_answer_is_detected(tmp_path):
+    import grpc
+
+    with socket.socket() as silent:  # accepts connections (kernel backlog) but never speaks HTTP/2
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        started = time.monotonic()
+        assert lp._answers("127.0.0.1", silent.getsockname()[1], timeout=1.0) is False
+        assert time.monotonic() - started < 5
+    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        assert lp._answers("127.0.0.1", port, timeout=5.0) is True
+    finally:
+        server.stop(None)

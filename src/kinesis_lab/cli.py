@@ -40,6 +40,10 @@ def cmd_up(args) -> int:
 def cmd_down(args) -> int:
     cfg = _cfg(args)
     stopped = stack.down(cfg.state_dir)
+    from kinesis_lab.local_pipeline import stop_pipeline_server
+
+    if stop_pipeline_server(cfg.build_dir):
+        print("local Spark Connect server of the pipeline stopped")
     print(f"local stack stopped (pids {', '.join(map(str, stopped))})" if stopped else "local stack was not running")
     return 0
 

@@ -194,6 +194,10 @@ def spark_settings(
         ),
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={lakehouse}",  # derby.log
         "spark.ui.enabled": "false",
+        # the driver's RPC and block manager ports: loopback only (else Spark binds the host's network
+        # address, reachable from the network, without authentication)
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.host": "127.0.0.1",
         "spark.ui.showConsoleProgress": "false",
         "spark.default.parallelism": "2",
         **{key: str(value) for key, value in (extra_conf or {}).items()},
