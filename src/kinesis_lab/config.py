@@ -111,6 +111,11 @@ class LabConfig:
             return self.bucket
         return f"{self.bucket_stem}-{account_id}-{self.region}"
 
+    def shown(self, path: Path) -> str:
+        """A path as notebooks print it: relative to the repository when inside it."""
+        path = Path(path)
+        return str(path.relative_to(self.home)) if path.is_relative_to(self.home) else str(path)
+
     def with_overrides(self, **overrides) -> LabConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
