@@ -363,14 +363,6 @@ def test_e2e_full_refresh_rebuilds_the_same_tables(e2e):
 
 
 @pytest.mark.spark
-def test_e2e_in_process_run_stops_the_server_first(e2e):
-    before = lp.pipeline_summary(e2e["build"])
-    result = run(e2e, "sixth (in-process, no new data)", reuse_server=False)
-    assert (result.server, result.server_pid) == ("in-process", None)
-    assert lp.server_pids(e2e["build"]) == [], "the server would hold the Derby metastore"
-    assert_same_tables(lp.pipeline_summary(e2e["build"]), before)
-
-
 def pd_timestamp(epoch_seconds: float):
     import pandas as pd
 
