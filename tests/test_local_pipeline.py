@@ -1,7 +1,7 @@
 """The local stand-ins for Databricks: S3 mirror (against the real local stack) and the real pipeline
 run with spark-pipelines (first load, nothing new, one new file, through one long-lived Spark Connect
-server; then that server killed and replaced, a full refresh, and an in-process run), plus the
-server's bookkeeping (stop, watchdog) on stand-in processes."""
+server; then that server killed and replaced, and a full refresh), plus the server's bookkeeping
+(stop, watchdog, in-process runs stopping it first) on stand-in processes."""
 
 from __future__ import annotations
 
@@ -79,6 +79,15 @@ def test_short_progress_and_log_tail(tmp_path):
     log = tmp_path / "run.log"
     log.write_text('start\nboom: it failed\n\tat org.apache.Foo(Foo.scala:1)\n  File "x.py", line 1\nlast\n')
     assert lp._log_tail(log) == "start\nboom: it failed\nlast"
+
+
+def test_server_lines_are_shown_and_parsed():
+    started = "Spark Connect server started: pid 4242, sc://localhost:40000 in 21.0 s (logs: /x)\n"
+    replacing = "Spark Connect server: replacing pid 4241: does not answer within 20 s\n"
+    assert lp.PROGRESS_LINE.search(started) and lp.PROGRESS_LINE.search(replacing)
+    assert lp.SERVER_LINE.search(started).groups() == ("started", "4242")
+    assert not lp.SERVER_LINE.search(replacing)
+    assert lp._short_progress(started) == started.strip().rstrip(".")
 
 
 def test_read_table_uses_only_committed_files_of_a_streaming_table(tmp_path):
@@ -447,6 +456,29 @@ def test_reset_pipeline_stops_the_server_before_deleting(tmp_path, fake_servers)
     lp.reset_pipeline(tmp_path)
     assert server.wait(timeout=5) == -signal.SIGTERM
     assert not lp.lakehouse_dir(tmp_path).exists()
+
+
+def test_in_process_runs_stop_the_server_first_reusing_runs_keep_it(tmp_path, fake_servers, monkeypatch):
+    """An in-process run's JVM cannot open the Derby metastore while the server holds it (ERROR XSDB6
+    "Another instance of Derby may have already booted the database"): it stops the server first."""
+    build = tmp_path / "build"
+    server = fake_servers(build)
+    seen: list[dict] = []
+
+    def fake_run(command, env, *args):  # instead of the run subprocess
+        mark = lp.server_dir(build) / lp.RUN_MARK
+        seen.append({"alive": server.poll() is None, "env": env.get(lp.SERVER_ENV), "mark": mark.read_text()})
+        raise lp.PipelineError("not run")
+
+    monkeypatch.setattr(lp, "_run_subprocess", fake_run)
+    for reuse in (True, False):
+        with pytest.raises(lp.PipelineError, match="not run"):
+            lp.run_pipeline(PIPELINE_DIR, source_path=tmp_path / "src", build_dir=build, reuse_server=reuse)
+    lakehouse = str(lp.lakehouse_dir(build).resolve())
+    assert seen[0] == {"alive": True, "env": lakehouse, "mark": f"running {os.getpid()}"}
+    assert (lp.server_dir(build) / lp.RUN_MARK).read_text() == "idle"
+    assert seen[1] == {"alive": False, "env": None, "mark": "idle"}
+    assert server.wait(timeout=5) == -signal.SIGTERM
 
 
 def test_watchdog_stops_an_idle_server_but_not_a_busy_one(tmp_path, fake_servers):

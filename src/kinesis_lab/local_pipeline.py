@@ -48,10 +48,11 @@ SILVER_TABLE = "silver_events"
 QUARANTINE_TABLE = "silver_quarantine"
 GOLD_PREFIX = "gold_"
 DEFAULT_TIMEOUT = 900  # seconds; a run takes 1-2 minutes on 2 cores
+JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"  # the Spark JVM's, see spark_settings
 
 # pipeline log lines worth showing while it runs: flow state changes, the end of the run, the server used
 PROGRESS_LINE = re.compile(
-    r"Flow \S+ (is STARTING|has COMPLETED|has FAILED|is FAILED)|Run is \w+|^Spark Connect server "
+    r"Flow \S+ (is STARTING|has COMPLETED|has FAILED|is FAILED)|Run is \w+|^Spark Connect server\b"
 )
 SERVER_LINE = re.compile(r"^Spark Connect server (started|reused): pid (\d+)")
 FLOW_STATE = re.compile(r"(?:(\d\d:\d\d:\d\d): )?Flow '?(?:\S+\.)?(\w+)'? (?:is|has) ([A-Z]+)")
@@ -192,7 +193,9 @@ def spark_settings(
         "spark.hadoop.javax.jdo.option.ConnectionURL": (
             f"jdbc:derby:;databaseName={lakehouse / 'metastore_db'};create=true"
         ),
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={lakehouse}",  # derby.log
+        # derby.log in the lakehouse; C1 only (no C2 JIT): Spark starts ~10 s faster on 2 cores and
+        # the runs (small data) are no slower
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={lakehouse} {JAVA_OPTIONS}",
         "spark.ui.enabled": "false",
         # the driver's RPC and block manager ports: loopback only (else Spark binds the host's network
         # address, reachable from the network, without authentication)
@@ -319,6 +322,8 @@ def _run_locked(
     env.pop(SERVER_ENV, None)
     if reuse:
         env[SERVER_ENV] = str(lakehouse)
+    else:
+        stop_pipeline_server(build_dir)  # its JVM would hold the Derby metastore: one JVM at a time
     command = _pipelines_command(spec_path, full_refresh, dry_run)
     with _marked_run(build_dir) if reuse else contextlib.nullcontext():
         return _run_subprocess(
@@ -379,6 +384,8 @@ def _run_subprocess(
             ) from None
         except BaseException:  # e.g. KeyboardInterrupt (a notebook's interrupt): do not leave the run going
             _kill_group(process)
+            if reuse:  # its flows may still be running in the server
+                stop_pipeline_server(build_dir)
             raise
         reader.join(timeout=30)
     duration = time.monotonic() - started
@@ -449,8 +456,6 @@ SERVER_STOP_TIMEOUT = 30.0  # seconds between SIGTERM and SIGKILL
 SERVER_IDLE_ENV = "KINESIS_LAB_SERVER_IDLE_TIMEOUT"
 SERVER_IDLE_TIMEOUT = 1800.0
 RUN_MARK = "run-state"  # next to the discovery file: "running <pid of run_pipeline's process>" or "idle"
-# JVM options of the long-lived server only (measured: see benchmarks/RESULTS.md)
-SERVER_JAVA_OPTIONS: tuple[str, ...] = ()
 
 
 def server_dir(build_dir: str | Path) -> Path:
@@ -474,9 +479,11 @@ def server_conf(static_conf: Mapping[str, str], lakehouse: str | Path) -> dict[s
     java_options = [
         conf.get("spark.driver.extraJavaOptions", ""),
         f'"-D{SERVER_MARKER}={Path(lakehouse).resolve()}"',
-        *SERVER_JAVA_OPTIONS,
     ]
     conf["spark.driver.extraJavaOptions"] = " ".join(filter(None, java_options))
+    # the daemon logs at INFO by default (every plan it receives: ~1.4 MB per run); the in-process
+    # server of reuse_server=False logs at WARN
+    conf.setdefault("spark.log.level", "WARN")
     return conf
 
 
@@ -719,15 +726,15 @@ def _connect_to_build_server(static_conf: Mapping[str, str], lakehouse: Path):
             print(f"Spark Connect server: pid {recorded.get('pid')} is gone, starting a new one", flush=True)
         if problem or (recorded and not live):
             _forget_server(discovery)
-    reused = bool(live) and not problem
+    previous = recorded.get("pid") if live and not problem else None
 
     started = time.monotonic()
     # takes pyspark's lock itself; its waits are bounded (120 s for the script, 120 s for the port)
     url = reuse_or_start_local_connect_server(
         "local[*]", {**seed, "spark.local.connect.server.port": str(_free_port())}
     )
-    recorded = _read_json(discovery)
-    pid = recorded.get("pid")
+    pid = _read_json(discovery).get("pid")
+    reused = previous is not None and pid == previous  # pyspark may still have found it unusable
     if not reused:
         if pid not in _server_pids(lakehouse):
             raise PipelineError(f"the Spark Connect server (pid {pid}) was started without its marker")
@@ -831,9 +838,10 @@ def _free_port() -> int:
 
 def _pipelines_cli() -> None:
     """The stock ``spark-pipelines`` CLI (pyspark.pipelines.cli.main) with two changes made before it
-    runs: its Spark Connect server listens on a free local port, not the fixed 15002 (so runs from
-    several notebooks or tests do not collide), and the spec's database exists (the CLI fails with
-    SCHEMA_NOT_FOUND otherwise, and pipeline files may not run DDL)."""
+    runs: it uses the build folder's long-lived Spark Connect server (SERVER_ENV set, see
+    _connect_to_build_server) or starts its own listening on a free local port, not the fixed 15002
+    (so runs from several notebooks or tests do not collide); and the spec's database exists (the
+    CLI fails with SCHEMA_NOT_FOUND otherwise, and pipeline files may not run DDL)."""
     from pyspark.pipelines import cli
     from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
 
