@@ -41,10 +41,10 @@ nbval: install
 	$(NBVAL_ENV) $(BIN)/python -m pytest $(NBVAL_ARGS) notebooks; status=$$?; \
 	  $(NBVAL_ENV) $(BIN)/kinesis-lab down >/dev/null; exit $$status
 
+# JupyterLab on the repository root (the notebooks' ../images/ resolve), 00_setup open; on local it starts the stack
 lab: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,lab]'
-	$(BIN)/kinesis-lab up
-	set -a; source .lab/local.env; set +a; cd notebooks && ../$(BIN)/jupyter lab
+	$(BIN)/kinesis-lab lab $(LAB_ARGS)
 
 up: install
 	$(BIN)/kinesis-lab up

@@ -78,6 +78,64 @@ def test_sample_has_the_real_files_shape_and_quirks():
     assert len({tuple(r) for r in data}) < len(data)  # exact duplicate rows too
 
 
+def test_sample_genders_five_valid_spellings_and_one_dirty():
+    rows = read_rows(SAMPLE_PATH)[1:]
+    assert {r[6] for r in rows if len(r) == 8} == {"Total", "Female", "Male", "Boys", "Girls", "Unknown"}
+    assert [r for r in rows if len(r) == 8 and r[6] == "Unknown"] == [dataset.DIRTY_ROWS[3]]
+
+
+def test_real_like_sample_every_row_valid_with_aggregates(tmp_path):
+    path = dataset.generate_synthetic_sample(tmp_path / "real.csv", rows=537, seed=14, aggregates=True)
+    again = dataset.generate_synthetic_sample(tmp_path / "again.csv", rows=537, seed=14, aggregates=True)
+    assert path.read_bytes() == again.read_bytes()
+    assert check_columns(path) == []
+    rows = read_rows(path)
+    assert tuple(rows[0]) == COLUMNS and len(rows) - 1 == 537
+    data = rows[1:]
+    assert all(len(r) == 8 and all(v.strip() == v and v for v in r) for r in data)  # no missing value
+    for r in data:
+        assert 2000 <= int(r[3]) <= 2024
+        assert 0 <= float(r[4]) <= 100 and float(r[5]) >= 0
+        assert r[6] in dataset.GENDERS and r[7] in dataset.AGE_GROUPS
+    aggregates = [r for r in data if r[1] in ("WORLD", "REGION")]
+    countries = [r for r in data if r not in aggregates]
+    assert all(len(r[1]) == 3 and r[1].isalpha() and r[1].isupper() for r in countries)
+    assert {(r[0], r[1], r[2]) for r in aggregates} == {
+        ("World", "WORLD", "Global"),
+        *((name, "REGION", region) for name, _, region, *_ in dataset.REGION_AGGREGATES),
+    }
+    assert all(r[0] == r[2] for r in aggregates if r[1] == "REGION")  # Country = Region = the region's name
+    # every aggregate is published for every year and gender, the first age group
+    for name in {r[0] for r in aggregates}:
+        published = {(int(r[3]), r[6]) for r in aggregates if r[0] == name and r[7] == "5-17 years"}
+        assert published == {(y, g) for y in dataset.AGGREGATE_YEARS for g in dataset.AGGREGATE_GENDERS}, name
+    regions = {r[2] for r in countries}
+    assert dataset.AGGREGATE_ONLY_REGION not in regions and "Global" not in regions
+    assert {r[2] for r in aggregates if r[1] == "REGION"} - regions == {dataset.AGGREGATE_ONLY_REGION}
+
+
+def test_real_like_sample_needs_room_for_a_country(tmp_path):
+    # 61 rows = 60 drawn + 1 duplicate: the 60 aggregate rows take every drawn row
+    with pytest.raises(ValueError, match="rows=61 leaves no room for a country next to the 60 aggregate rows"):
+        dataset.generate_synthetic_sample(tmp_path / "small.csv", rows=61, aggregates=True)
+    small = dataset.generate_synthetic_sample(tmp_path / "small.csv", rows=62, aggregates=True)
+    assert len(read_rows(small)) - 1 == 62
+
+
+def test_real_like_sample_from_the_script(tmp_path):
+    out = tmp_path / "real.csv"
+    done = subprocess.run(
+        [sys.executable, str(SAMPLE_PATH.parent / "generate_sample.py"), "--clean", "--aggregates",
+         "--rows", "537", "--seed", "14", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "wrote 537 synthetic rows" in done.stdout
+    expected = dataset.generate_synthetic_sample(tmp_path / "expected.csv", rows=537, seed=14, aggregates=True)
+    assert out.read_bytes() == expected.read_bytes()
+
+
 def test_load_dataset_sample_and_paths(tmp_path):
     assert load_dataset() == SAMPLE_PATH
     assert load_dataset("sample") == SAMPLE_PATH

@@ -465,8 +465,11 @@ def test_a_foreign_object_in_the_prefix_is_kept_in_bronze_and_quarantined(ran):
             "country_code_present",
             "gender_present",
             "age_group_present",
+            "year_is_integer",
             "year_in_range",
+            "rate_is_number",
             "rate_in_range",
+            "children_is_number",
             "children_non_negative",
         ],
     }

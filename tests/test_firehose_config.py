@@ -10,9 +10,12 @@ from botocore.awsrequest import AWSResponse
 from kinesis_lab.config import load_config
 from kinesis_lab.firehose_config import (
     DeliveryConfigError,
+    Finding,
     RoleNotAssumable,
     build_delivery_stream_request,
+    check_delivery_config,
     create_delivery_stream,
+    delivery_config_warnings,
     validate_delivery_config,
     wait_until_active,
 )
@@ -82,14 +85,69 @@ def test_lab_defaults_are_valid():
     assert validate_delivery_config(req) == []
 
 
-def test_original_course_error_prefix_missing_a_brace():
-    req = request(
-        prefix="bronze/ingestion_date=!{timestamp:yyyy/MM/dd}",
-        error_output_prefix="errors/!{firehose:error-output-type/",
-    )
+def test_lab_defaults_give_no_warning():
+    cfg = load_config()
+    assert delivery_config_warnings(request(prefix=cfg.s3_prefix, error_output_prefix=cfg.error_prefix)) == []
+
+
+ORIGINAL_COURSE = {"prefix": "bronze/ingestion_date=!{timestamp:yyyy/MM/dd}",  # no trailing "/"
+                   "error_output_prefix": "errors/!{firehose:error-output-type/"}  # a "}" is missing
+
+
+def test_original_course_has_one_problem_and_one_warning():
+    req = request(**ORIGINAL_COURSE)
+    # what AWS rejects: only the missing brace
     assert validate_delivery_config(req) == [
         "ErrorOutputPrefix: '!{firehose:error-output-type/' at position 7 is never closed: add the missing '}'"
     ]
+    # what AWS accepts but this lab's validator warns about: the object name glued to the date
+    assert delivery_config_warnings(req) == [
+        "Prefix 'bronze/ingestion_date=!{timestamp:yyyy/MM/dd}' does not end with '/': Firehose appends each "
+        "object name right after it, glued to the date: "
+        "'bronze/ingestion_date=2026/11/26salud-firehose-tos3-1-2026-11-26-10-15-02-...'; end it with '/'"
+    ]
+    findings = check_delivery_config(req)
+    assert [f.severity for f in findings] == ["problem", "warning"]
+    assert findings[0] == Finding("problem", validate_delivery_config(req)[0])
+    assert [str(f).split(": ", 1)[0] for f in findings] == [
+        "problem (AWS rejects it)", "warning (this lab's validator; AWS accepts it)"]
+    assert str(findings[1]).endswith(delivery_config_warnings(req)[0])
+
+
+def test_the_warning_matches_the_key_firehose_writes():
+    from kinesis_lab.firehose_config import EXAMPLE_TIME
+    from kinesis_lab.local_firehose import expressions
+
+    key = expressions.object_key(ORIGINAL_COURSE["prefix"], stream_name="salud-firehose-tos3", version=1,
+                                 when=EXAMPLE_TIME)
+    assert key.startswith("bronze/ingestion_date=2026/11/26salud-firehose-tos3-1-2026-11-26-10-15-02-")
+    assert key.removesuffix(key.split("-10-15-02-")[1]) + "..." in delivery_config_warnings(
+        request(**ORIGINAL_COURSE))[0]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"Prefix": "bronze"},
+         ["Prefix 'bronze' does not end with '/': Firehose appends its default date folders (yyyy/MM/dd/HH/) "
+          "right after it: 'bronze2026/11/26/10/salud-firehose-tos3-1-2026-11-26-10-15-02-...'; end it with '/'"]),
+        ({"Prefix": "b/!{firehose:random-string}"},  # random: no example
+         ["Prefix 'b/!{firehose:random-string}' does not end with '/': Firehose appends its default date "
+          "folders (yyyy/MM/dd/HH/) right after it; end it with '/'"]),
+        ({"ErrorOutputPrefix": "errors/!{firehose:error-output-type}"},
+         ["ErrorOutputPrefix 'errors/!{firehose:error-output-type}' does not end with '/': Firehose appends "
+          "each object name right after it, glued to the value of !{firehose:error-output-type}: "
+          "'errors/processing-failedsalud-firehose-tos3-1-2026-11-26-10-15-02-...'; end it with '/'"]),
+        ({"Prefix": "bronze/", "ErrorOutputPrefix": "errors"},
+         ["ErrorOutputPrefix 'errors' does not end with '/': Firehose appends each object name right after "
+          "it, glued to 'errors': 'errorssalud-firehose-tos3-1-2026-11-26-10-15-02-...'; end it with '/'"]),
+        ({"Prefix": "", "ErrorOutputPrefix": None}, []),  # Firehose's default yyyy/MM/dd/HH/ folders
+    ],
+)  # fmt: skip
+def test_warning_messages(changes, expected):
+    req = with_destination(**changes)
+    assert delivery_config_warnings(req) == expected
+    assert [f.message for f in check_delivery_config(req) if f.severity == "warning"] == expected
 
 
 @pytest.mark.parametrize(
@@ -142,6 +200,14 @@ def test_create_rejects_invalid_config_before_calling_aws(aws_clients):
 
 
 @pytest.mark.stack
+def test_create_goes_on_with_a_warning_and_returns_it(aws_clients):
+    firehose = aws_clients("firehose")
+    req = request(prefix=ORIGINAL_COURSE["prefix"])
+    outcome = create_delivery_stream(firehose, req)
+    assert outcome["created"] is True and outcome["warnings"] == delivery_config_warnings(req) != []
+
+
+@pytest.mark.stack
 def test_create_then_already_exists_then_active(aws_clients):
     firehose = aws_clients("firehose")
     first = create_delivery_stream(firehose, request())
@@ -152,6 +218,7 @@ def test_create_then_already_exists_then_active(aws_clients):
         "arn": first["arn"],
         "message": "delivery stream salud-firehose-tos3 already exists: kept as it is "
         "(delete it first to change its configuration)",
+        "warnings": [],
     }
     assert wait_until_active(firehose, "salud-firehose-tos3", timeout=5, poll=0.1) == "ACTIVE"
 

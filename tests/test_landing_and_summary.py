@@ -1,4 +1,5 @@
 import gzip
+import io
 import json
 import time
 from collections import Counter
@@ -57,6 +58,38 @@ def test_wait_for_landing_gives_up_after_the_timeout(clean_stack):
     landing = wait_for_landing(s3, "slow", "bronze/", {"x"}, timeout=0.3, poll=0.05, on_progress=seen.append)
     assert landing.records == 0 and seen and set(seen) == {0}
     assert time.monotonic() - started < 10  # it returned instead of waiting for ever
+
+
+class GrowingS3:
+    """A stand-in S3 client whose listing shows one more object per call."""
+
+    def __init__(self, bodies: dict[str, bytes]):
+        self.bodies, self.listings = bodies, 0
+
+    def get_paginator(self, _name):
+        return self
+
+    def paginate(self, Bucket, Prefix):
+        self.listings += 1
+        keys = sorted(self.bodies)[: self.listings]
+        return [{"Contents": [{"Key": k, "Size": len(self.bodies[k])} for k in keys]}]
+
+    def get_object(self, Bucket, Key):
+        return {"Body": io.BytesIO(self.bodies[Key])}
+
+
+def test_wait_for_landing_progress_bar_and_callback(capsys):
+    s3 = GrowingS3({"bronze/a": lines("1", "2"), "bronze/b": lines("3")})
+    seen = []
+    landing = wait_for_landing(s3, "b", "bronze/", {"1", "2", "3"}, timeout=60, poll=0.01,
+                               on_progress=seen.append, progress="ids in S3")
+    assert landing.records == 3 and seen == [2, 3]
+    err = capsys.readouterr().err  # outside Jupyter the bar is tqdm on stderr
+    assert "ids in S3: 100%" in err and "3/3" in err
+    wait_for_landing(GrowingS3({"bronze/a": lines("1")}), "b", "bronze/", {"1"}, timeout=60, progress=True)
+    assert "event ids in S3: 100%" in capsys.readouterr().err
+    wait_for_landing(GrowingS3({"bronze/a": lines("1")}), "b", "bronze/", {"1"}, timeout=60)
+    assert capsys.readouterr().err == ""  # no bar unless asked
 
 
 def test_summary_merges_and_reconciles(tmp_path):

@@ -195,6 +195,7 @@ UPSTREAM = {
     "gold_top_countries_latest": ["silver_events"],
     "gold_gender_comparison": ["silver_events"],
     "gold_quarantine_by_rule": ["silver_quarantine"],
+    "gold_aggregate_rates": ["silver_events"],
 }
 
 
@@ -216,6 +217,7 @@ def run(e2e, label: str, full_refresh: bool = False, reuse_server: bool = True) 
         "gold_top_countries_latest",
         "gold_gender_comparison",
         "gold_quarantine_by_rule",
+        "gold_aggregate_rates",
     }
     assert set(result.flows.values()) == {"COMPLETED"}
     # each flow starts only once the flows it reads from have completed (see medallion's docstring:
@@ -274,11 +276,11 @@ def test_e2e_first_run(e2e):
     quarantine = lp.read_table(e2e["build"], "silver_quarantine")
     assert len(quarantine) == 4  # bad year, producer marker, two CSV lines
     rules = {(row.event_id, tuple(row.broken_rules)) for row in quarantine.itertuples() if row.event_id}
-    assert rules == {("evt-bad-year", ("year_in_range",)), ("evt-marker", ("record_parsed",))}
+    assert rules == {("evt-bad-year", ("year_is_integer",)), ("evt-marker", ("record_parsed",))}
     csv_lines = quarantine[quarantine["event_id"].isna()]
     assert sorted(csv_lines["_raw_line"]) == ["Chad,2015", "Country,Year"]
     assert all(list(r) == ["record_parsed"] for r in csv_lines["broken_rules"])
-    assert summary["quarantine_by_rule"] == {"record_parsed": 3, "year_in_range": 1}
+    assert summary["quarantine_by_rule"] == {"record_parsed": 3, "year_is_integer": 1}
 
     # silver + quarantine == distinct event ids + lines without one
     bronze = lp.read_table(e2e["build"], "bronze_events")

@@ -24,8 +24,11 @@ RULES = {
     "gender_present",
     "age_group_present",
     "gender_known",
+    "year_is_integer",
     "year_in_range",
+    "rate_is_number",
     "rate_in_range",
+    "children_is_number",
     "children_non_negative",
 }
 
@@ -284,14 +287,14 @@ RULE_CASES = [
     ("gender_known", record(Gender="Other")),
     ("year_in_range", record(Year="1899")),
     ("year_in_range", record(Year=str(dt.datetime.now(dt.UTC).year + 1))),
-    ("year_in_range", record(Year="N/A")),
-    ("year_in_range", record(Year="2015.5")),
+    ("year_is_integer", record(Year="N/A")),
+    ("year_is_integer", record(Year="2015.5")),
     ("rate_in_range", record(Child_Labor_Rate_Percent="100.1")),
     ("rate_in_range", record(Child_Labor_Rate_Percent="-0.1")),
-    ("rate_in_range", record(Child_Labor_Rate_Percent="N/A")),
-    ("rate_in_range", record(Child_Labor_Rate_Percent="")),
+    ("rate_is_number", record(Child_Labor_Rate_Percent="N/A")),
+    ("rate_is_number", record(Child_Labor_Rate_Percent="")),
     ("children_non_negative", record(Estimated_Children_Millions="-0.5")),
-    ("children_non_negative", record(Estimated_Children_Millions="N/A")),
+    ("children_is_number", record(Estimated_Children_Millions="N/A")),
 ]
 
 
@@ -306,6 +309,11 @@ def broken_by_line(spark):
 @pytest.mark.parametrize("rule, line", RULE_CASES)
 def test_each_rule_alone(broken_by_line, rule, line):
     assert broken_by_line[line] == [rule]
+
+
+def test_every_rule_is_described():
+    assert [row["rule"] for row in medallion.rules_table()] == list(medallion.quality_rules())
+    assert set(medallion.RULE_DESCRIPTIONS) == set(medallion.quality_rules()) == RULES
 
 
 def test_several_broken_rules_are_all_listed(spark):
@@ -323,7 +331,7 @@ def test_valid_and_quarantined_rows_split_everything(spark):
     assert valid.count() == 2
     rows = {r["_raw_line"]: r for r in quarantined.collect()}
     assert set(rows) == {lines[2], lines[3], lines[4]}
-    assert rows[lines[2]]["broken_rules"] == ["year_in_range"]
+    assert rows[lines[2]]["broken_rules"] == ["year_is_integer"]
     assert rows[lines[3]]["broken_rules"] == ["record_parsed"]
     assert rows[lines[3]]["error"].startswith("too many fields")
     assert rows["junk line"]["broken_rules"] == ["record_parsed"]
@@ -409,12 +417,40 @@ GOLD_ROWS = [
 ]
 
 
+# the source's own aggregates: Country_Code REGION (Country = Region = the region's name) and WORLD
+AGGREGATE_ROWS = [
+    ("Africa", "REGION", "Africa", 2015, "Total", "5-17 years", 41.0, 20.0),
+    ("Africa", "REGION", "Africa", 2015, "Female", "5-17 years", 39.0, 9.0),
+    ("Africa", "REGION", "Africa", 2015, "Male", "5-17 years", 43.0, 11.0),
+    ("Europe", "REGION", "Europe", 2015, "Total", "5-17 years", 4.0, 5.0),  # no country of its own
+    ("Europe", "REGION", "Europe", 2015, "Total", "5-17 years", 4.5, 5.5),  # a revised figure
+    ("World", "WORLD", "World", 2020, "Total", "5-17 years", 99.0, 160.0),
+]
+GOLD_VIEWS = {
+    "rate_by_region_year": medallion.rate_by_region_year,
+    "aggregate_rates": medallion.aggregate_rates,
+    "top_countries_latest_rate": medallion.top_countries_latest_rate,
+    "gender_comparison": medallion.gender_comparison,
+}
+
+
+def test_is_aggregate(spark):
+    from pyspark.sql import functions as F
+
+    codes = ["TCD", "WORLD", "REGION", "AB", "T1D", None]
+    df = spark.createDataFrame([(c,) for c in codes], "Country_Code string")
+    got = {r["Country_Code"]: r["aggregate"] for r in df.select("*", medallion.is_aggregate().alias("aggregate")).collect()}
+    assert got == {"TCD": False, "WORLD": True, "REGION": True, "AB": True, "T1D": True, None: True}
+    assert df.where(medallion.is_aggregate(F.lower("Country_Code"))).count() == len(codes)
+
+
 def test_rate_by_region_year(spark):
     rows = {
         (r["Region"], r["Year"]): r
-        for r in medallion.rate_by_region_year(silver_rows(spark, GOLD_ROWS)).collect()
+        for r in medallion.rate_by_region_year(silver_rows(spark, GOLD_ROWS + AGGREGATE_ROWS)).collect()
     }
-    assert set(rows) == {("Africa", 2015), ("Africa", 2019), ("Americas", 2018), ("World", 2020)}
+    # countries only: no WORLD, no REGION rows, no region known only from its aggregate (Europe)
+    assert set(rows) == {("Africa", 2015), ("Africa", 2019), ("Americas", 2018)}
     africa = rows[("Africa", 2015)]
     assert africa["avg_rate_percent"] == 45.0
     assert (africa["min_rate_percent"], africa["max_rate_percent"]) == (40.0, 50.0)
@@ -423,14 +459,67 @@ def test_rate_by_region_year(spark):
     assert rows[("Africa", 2019)]["rows"] == 1  # Male/Female rows are not counted twice
 
 
+def test_aggregate_rates(spark):
+    rows = {
+        r["Country"]: r.asDict()
+        for r in medallion.aggregate_rates(silver_rows(spark, GOLD_ROWS + AGGREGATE_ROWS)).collect()
+    }
+    assert set(rows) == {"Africa", "Europe", "World"}  # no country
+    assert rows["Africa"] == {
+        "Country": "Africa",
+        "Country_Code": "REGION",
+        "Region": "Africa",
+        "Year": 2015,
+        "Age_Group": "5-17 years",
+        "rate_percent": 41.0,  # as published, not the mean of Chad and Mali (45.0)
+        "children_millions": 20.0,
+        "female_rate_percent": 39.0,
+        "male_rate_percent": 43.0,
+        "rows": 1,
+    }
+    europe = rows["Europe"]
+    assert (europe["rate_percent"], europe["children_millions"], europe["rows"]) == (4.25, 5.25, 2)
+    assert (europe["female_rate_percent"], europe["male_rate_percent"]) == (None, None)
+    assert (rows["World"]["Country_Code"], rows["World"]["Year"]) == ("WORLD", 2020)
+
+
+def test_aggregate_rates_needs_a_total_row(spark):
+    split_only = [r for r in AGGREGATE_ROWS if r[0] == "Africa" and r[4] != "Total"]
+    assert medallion.aggregate_rates(silver_rows(spark, split_only)).count() == 0
+
+
+def test_silver_with_only_aggregate_rows(spark):
+    silver = silver_rows(spark, AGGREGATE_ROWS)
+    assert medallion.rate_by_region_year(silver).count() == 0
+    assert medallion.top_countries_latest_rate(silver).count() == 0
+    assert medallion.gender_comparison(silver).count() == 0  # Africa has both genders, but is no country
+    assert medallion.aggregate_rates(silver).count() == 3
+
+
+def test_empty_silver_gives_empty_gold_views(spark):
+    silver = silver_rows(spark, [])
+    assert silver.count() == 0
+    for name, view in GOLD_VIEWS.items():
+        assert view(silver).count() == 0, name
+    quarantine = medallion.quarantined_rows(checked(spark))
+    assert medallion.quarantine_by_rule(quarantine).collect() == []
+
+
+def test_empty_quarantine_gives_no_rule_counts(spark):
+    df = checked(spark, record(), record(Gender="Girls"))
+    assert medallion.quarantined_rows(df).count() == 0
+    counts = medallion.quarantine_by_rule(medallion.quarantined_rows(df))
+    assert counts.collect() == [] and counts.columns == ["rule", "rows"]
+
+
 def test_top_countries_latest_rate(spark):
     top = medallion.top_countries_latest_rate(silver_rows(spark, GOLD_ROWS), n=2).orderBy("rank").collect()
     assert [(r["rank"], r["Country_Code"], r["latest_year"], r["rate_percent"]) for r in top] == [
         (1, "MLI", 2015, 50.0),
         (2, "TCD", 2019, 30.0),  # Chad's latest year (2019), not its higher 2015 rate
     ]
-    everyone = medallion.top_countries_latest_rate(silver_rows(spark, GOLD_ROWS), n=10).collect()
-    assert "WORLD" not in {r["Country_Code"] for r in everyone}
+    everyone = medallion.top_countries_latest_rate(silver_rows(spark, GOLD_ROWS + AGGREGATE_ROWS), n=10).collect()
+    assert {r["Country_Code"] for r in everyone} == {"TCD", "MLI", "PER"}  # no WORLD, no REGION
 
 
 def test_gender_comparison(spark):
@@ -440,6 +529,15 @@ def test_gender_comparison(spark):
     assert (chad["Country"], chad["Year"], chad["Age_Group"]) == ("Chad", 2019, "5-17 years")
     assert (chad["female_rate_percent"], chad["male_rate_percent"]) == (27.0, 33.0)
     assert chad["gap_male_minus_female"] == 6.0
+    # countries only: Africa's published female/male rates are in aggregate_rates
+    with_aggregates = medallion.gender_comparison(silver_rows(spark, GOLD_ROWS + AGGREGATE_ROWS)).collect()
+    assert [r["Country_Code"] for r in with_aggregates] == ["TCD"]
+
+
+@pytest.mark.parametrize("gender", ["Total", "Male", "Female"])
+def test_gender_comparison_with_one_gender_only(spark, gender):
+    one_gender = [(*r[:4], gender, *r[5:]) for r in GOLD_ROWS]
+    assert medallion.gender_comparison(silver_rows(spark, one_gender)).count() == 0
 
 
 def test_quarantine_by_rule(spark):
@@ -448,3 +546,77 @@ def test_quarantine_by_rule(spark):
         r["rule"]: r["rows"] for r in medallion.quarantine_by_rule(medallion.quarantined_rows(df)).collect()
     }
     assert counts == {"year_in_range": 2, "country_present": 1, "record_parsed": 1}
+
+
+# --- whole CSV files: the producer's records through silver and gold (no AWS, no pipeline run) ---------
+def produced(spark, path):
+    """Silver's input for a CSV: the producer's records (one JSON line each), as Firehose lands them."""
+    from kinesis_lab.producer import iter_records
+
+    lines = [r.data.decode("utf-8").rstrip("\n") for r in iter_records(path)]
+    return checked(spark, *lines)
+
+
+def test_csv_with_every_kind_of_bad_row(spark, tmp_path):
+    """Each rule, once per row, through the producer: what the dirty-CSV demo checked."""
+    csv_path = tmp_path / "dirty.csv"
+    header = "Age_Group,Country,Country_Code,Region,Year,Child_Labor_Rate_Percent,Estimated_Children_Millions,Gender\n"
+    good = "5-17 years,Nepal,NPL,Asia and the Pacific,2010,20.5,1.5,Total\n"
+    rows = [
+        good,
+        good,  # identical rows: two facts, both stay
+        "5-17 years,Peru,PER,Latin America and the Caribbean,2012,12.5,0.9, boys \n",  # trimmed + Boys -> Male
+        '5-17 years,Peru,PER,Latin America and the Caribbean,2013,"12,5",0.9,Girls\n',  # decimal comma
+        "5-17 years,,PER,Latin America and the Caribbean,2012,12.5,0.9,Total\n",  # country missing
+        "5-17 years,Peru,,Latin America and the Caribbean,2012,12.5,0.9,Total\n",  # code missing
+        "5-17 years,Peru,PER,Latin America and the Caribbean,2012,12.5,0.9,\n",  # gender missing
+        ",Peru,PER,Latin America and the Caribbean,2012,12.5,0.9,Total\n",  # age group missing
+        "5-17 years,Peru,PER,Latin America and the Caribbean,2012,12.5,0.9,Other\n",  # gender unknown
+        "5-17 years,Peru,PER,Latin America and the Caribbean,1850,12.5,0.9,Total\n",  # year out of range
+        "5-17 years,Peru,PER,Latin America and the Caribbean,2012,N/A,0.9,Total\n",  # rate missing
+        "5-17 years,Peru,PER,Latin America and the Caribbean,2012,100.1,0.9,Total\n",  # rate out of range
+        "5-17 years,Peru,PER,Latin America and the Caribbean,2012,12.5,-1,Total\n",  # children negative
+        "5-17 years,Peru,PER,Latin America, and the Caribbean,2012,12.5,0.9,Total\n",  # 9 fields: malformed
+    ]
+    csv_path.write_text(header + "".join(rows), encoding="utf-8")
+    df = produced(spark, csv_path)
+    silver = medallion.valid_rows(df).collect()
+    assert len(silver) == 4
+    assert sorted(r["Gender"] for r in silver) == ["Female", "Male", "Total", "Total"]
+    quarantine = medallion.quarantined_rows(df)
+    assert quarantine.count() == 10
+    # the producer gives every row an id; the CSV has no bad year or children that is not a number
+    expected = {rule: 1 for rule in RULES - {"event_id_present", "year_is_integer", "children_is_number"}}
+    assert {r["rule"]: r["rows"] for r in medallion.quarantine_by_rule(quarantine).collect()} == expected
+    assert all(len(r["broken_rules"]) == 1 for r in quarantine.collect())
+
+
+def test_real_like_csv_keeps_aggregates_apart(spark, tmp_path):
+    """The real file's shape: every row valid, WORLD and REGION aggregate rows, one region that
+    exists only as its aggregate."""
+    import pandas as pd
+
+    from kinesis_lab import dataset
+
+    path = dataset.generate_synthetic_sample(tmp_path / "real_like.csv", rows=537, seed=14, aggregates=True)
+    df = produced(spark, path)
+    assert medallion.quarantined_rows(df).count() == 0
+    silver = medallion.valid_rows(df)
+    assert silver.count() == 537
+
+    source = pd.read_csv(path, dtype=str, keep_default_na=False)
+    published = source[source["Country_Code"].isin(["WORLD", "REGION"]) & (source["Gender"] == "Total")]
+    expected = {(r.Country, r.Country_Code, r.Region, int(r.Year)) for r in published.itertuples()}
+    aggregates = medallion.aggregate_rates(silver).collect()
+    assert {(r["Country"], r["Country_Code"], r["Region"], r["Year"]) for r in aggregates} == expected
+    assert dataset.AGGREGATE_ONLY_REGION in {r["Region"] for r in aggregates}
+
+    countries = source[~source["Country_Code"].isin(["WORLD", "REGION"]) & (source["Gender"] == "Total")]
+    by_region = {(r["Region"], r["Year"]): r for r in medallion.rate_by_region_year(silver).collect()}
+    assert {region for region, _ in by_region} == set(countries["Region"])
+    assert not {"Global", dataset.AGGREGATE_ONLY_REGION} & {region for region, _ in by_region}
+    for (region, year), group in countries.groupby(["Region", "Year"]):
+        assert by_region[(region, int(year))]["countries"] == group["Country_Code"].nunique()
+    assert medallion.gender_comparison(silver).where(medallion.is_aggregate()).count() == 0
+    top = medallion.top_countries_latest_rate(silver).collect()
+    assert len(top) == 10 and not {"WORLD", "REGION"} & {r["Country_Code"] for r in top}

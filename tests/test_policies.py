@@ -35,15 +35,10 @@ FIREHOSE_ACTIONS = {
     "objects": {"s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"},
     "logs": {"logs:PutLogEvents"},
 }
+# read-only: the Databricks pipeline only reads the bucket
 UC_ACTIONS = {
-    "bucket": {"s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"},
-    "objects": {
-        "s3:GetObject",
-        "s3:PutObject",
-        "s3:DeleteObject",
-        "s3:AbortMultipartUpload",
-        "s3:ListMultipartUploadParts",
-    },
+    "bucket": {"s3:GetBucketLocation", "s3:ListBucket"},
+    "objects": {"s3:GetObject", "s3:GetObjectVersion"},
     "self": {"sts:AssumeRole"},
 }
 
@@ -150,6 +145,53 @@ def test_uc_permissions_are_scoped_to_the_bucket_and_the_role_itself(account, re
         f"arn:aws:s3:::{bucket}/*": UC_ACTIONS["objects"],
         f"arn:aws:iam::{account}:role/{role}": UC_ACTIONS["self"],
     }
+
+
+def iam_access_levels() -> dict[str, str]:
+    """action -> IAM access level (Read, List, Write, ...) from parliament's IAM definitions."""
+    import parliament
+
+    return {
+        f"{svc['prefix']}:{p['privilege']}": p["access_level"]
+        for svc in parliament.iam_definition
+        for p in svc["privileges"]
+    }
+
+
+@pytest.mark.parametrize("account,region,bucket,role", CASES)
+def test_uc_role_only_reads_s3(account, region, bucket, role):
+    permissions = policies.uc_policies(**values_for(account, region, bucket, role))["permissions"]
+    assert policies.s3_write_actions(permissions) == []
+    levels = iam_access_levels()
+    s3_actions = {a for s in permissions["Statement"] for a in as_list(s["Action"]) if a.startswith("s3:")}
+    assert {levels[a] for a in s3_actions} == {"Read", "List"}
+    # nothing beyond S3 reads but assuming itself, which Databricks requires
+    others = {a for s in permissions["Statement"] for a in as_list(s["Action"])} - s3_actions
+    assert others == {"sts:AssumeRole"}
+
+
+def test_s3_write_actions_of_the_other_policies():
+    rendered = all_policies(values_for(*CASES[0]))
+    assert policies.s3_write_actions(rendered["firehose-permissions"]) == ["s3:AbortMultipartUpload", "s3:PutObject"]
+    # file events write the bucket's notification configuration (and SNS/SQS), never an object
+    assert policies.s3_write_actions(rendered["uc-file_events"]) == ["s3:PutBucketNotification"]
+
+
+def test_s3_write_actions_rule():
+    statements = [
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:List*", "s3:get*", "kinesis:PutRecord"], "Resource": "*"},
+        {"Effect": "Allow", "Action": "s3:DeleteObject", "Resource": "*"},
+        {"Effect": "Allow", "Action": ["s3:*", "s3:Put*", "*"], "Resource": "*"},
+        {"Effect": "Deny", "Action": "s3:PutObject", "Resource": "*"},  # a deny grants nothing
+    ]
+    policy = {"Version": "2012-10-17", "Statement": statements}
+    assert policies.s3_write_actions(policy) == ["*", "s3:*", "s3:DeleteObject", "s3:Put*"]
+    assert policies.s3_write_actions(json.dumps({"Statement": statements[0]})) == []
+    # the rule "s3:Get*/s3:List* only read" holds for every S3 action IAM knows
+    for action, level in iam_access_levels().items():
+        if action.startswith("s3:") and not policies.s3_write_actions({"Statement": [
+                {"Effect": "Allow", "Action": action}]}):
+            assert level in ("Read", "List"), action
 
 
 @pytest.mark.parametrize("account,region,bucket,role", CASES)
@@ -305,3 +347,4 @@ def test_readme_documents_every_template_and_placeholder():
             assert f"${{{placeholder}}}" in readme, f"{path.name}: ${{{placeholder}}} not explained"
     for action in set().union(*FIREHOSE_ACTIONS.values(), *UC_ACTIONS.values()):
         assert f"`{action}`" in readme, f"{action} not explained in the README table"
+    assert "read_only=True" in readme and "`s3:PutBucketNotification`" in readme

@@ -19,6 +19,7 @@ from kinesis_lab.producer import (
     event_id_for,
     iter_batches,
     iter_records,
+    produce_file,
     scan_file,
 )
 
@@ -208,3 +209,20 @@ def test_a_record_over_one_mib_is_refused_by_the_batcher():
         "line 7: record of 1048577 bytes (data + partition key) is over the 1048576-byte limit per record")
     with pytest.raises(ValueError, match="max_records must be 1..500"):
         list(iter_batches([], max_records=501))
+
+
+class AcceptAll:
+    """A stand-in Kinesis client that accepts every entry."""
+
+    def put_records(self, StreamName, Records):
+        return {"Records": [{"ShardId": "shardId-000000000000", "SequenceNumber": "1"} for _ in Records]}
+
+
+def test_progress_bar_ends_at_every_line_and_is_silent_when_off(tmp_path, capsys):
+    path = write(tmp_path, "\n".join([HEADER, GOOD, "", "bad,line", GOOD]) + "\n")
+    result = produce_file(path, stream_name="s", kinesis=AcceptAll())
+    assert result.records_sent == 3 and result.blank_lines == 1
+    err = capsys.readouterr().err  # outside Jupyter: tqdm on stderr, ending at every data line
+    assert "rows.csv -> s: 100%" in err and "4/4" in err and "row/s" in err
+    produce_file(path, stream_name="s", kinesis=AcceptAll(), progress=False)
+    assert capsys.readouterr() == ("", "")

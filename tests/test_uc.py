@@ -176,8 +176,15 @@ def test_uc_role_on_the_stack_with_iam_enforced(clean_stack):
         listed = role_s3.list_objects_v2(Bucket=LAB_BUCKET, Prefix="bronze/")["Contents"]
         assert [o["Key"] for o in listed] == ["bronze/ingestion_date=2026/01/01/batch-1"]
         assert role_s3.get_object(Bucket=LAB_BUCKET, Key=listed[0]["Key"])["Body"].read() == b'{"a": 1}\n'
-        role_s3.put_object(Bucket=LAB_BUCKET, Key="_validation/probe", Body=b"x")
-        role_s3.delete_object(Bucket=LAB_BUCKET, Key="_validation/probe")
+        assert role_s3.get_bucket_location(Bucket=LAB_BUCKET)["LocationConstraint"] in (None, REGION)
+        # read-only: the role can neither add, overwrite nor delete a file in the lab bucket
+        assert denied(lambda: role_s3.put_object(Bucket=LAB_BUCKET, Key="_validation/probe", Body=b"x"))
+        assert denied(lambda: role_s3.put_object(Bucket=LAB_BUCKET, Key=listed[0]["Key"], Body=b"x"))
+        assert denied(lambda: role_s3.delete_object(Bucket=LAB_BUCKET, Key=listed[0]["Key"]))
+        bulk = role_s3.delete_objects(Bucket=LAB_BUCKET, Delete={"Objects": [{"Key": listed[0]["Key"]}]})
+        assert [e["Code"] for e in bulk["Errors"]] == ["AccessDenied"] and not bulk.get("Deleted")  # per key
+        assert s3.get_object(Bucket=LAB_BUCKET, Key=listed[0]["Key"])["Body"].read() == b'{"a": 1}\n'
+        assert [o["Key"] for o in s3.list_objects_v2(Bucket=LAB_BUCKET)["Contents"]] == [listed[0]["Key"]]
         assert denied(lambda: role_s3.get_object(Bucket=OTHER_BUCKET, Key="secret.json"))
         assert denied(lambda: role_s3.list_objects_v2(Bucket=OTHER_BUCKET))
         assert denied(lambda: role_s3.put_object(Bucket=OTHER_BUCKET, Key="x", Body=b"x"))
@@ -193,6 +200,24 @@ def test_uc_role_on_the_stack_with_iam_enforced(clean_stack):
 
     # enforcement is off again for the rest of the session
     assert boto3.client("s3", region_name=REGION).list_buckets()["Buckets"]
+
+
+@pytest.mark.stack
+def test_a_read_write_policy_left_by_an_older_lab_is_narrowed(aws_clients):
+    iam = aws_clients("iam")
+    account = aws_clients("sts").get_caller_identity()["Account"]
+    old = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+         "Resource": f"arn:aws:s3:::{LAB_BUCKET}/*"}]}
+    args = dict(role_name=ROLE_NAME, account_id=account, bucket=LAB_BUCKET, external_id=EXTERNAL_ID)
+    uc.ensure_uc_role(iam, **args)
+    iam.put_role_policy(RoleName=ROLE_NAME, PolicyName=uc.UC_PERMISSIONS_POLICY_NAME, PolicyDocument=json.dumps(old))
+    again = uc.ensure_uc_role(iam, **args)
+    assert again["permissions_changed"] and f"read-only, bucket {LAB_BUCKET} only" in again["steps"][-1]
+    stored = iam.get_role_policy(RoleName=ROLE_NAME, PolicyName=uc.UC_PERMISSIONS_POLICY_NAME)["PolicyDocument"]
+    assert policies.s3_write_actions(stored) == []
+    assert policies.canonical(stored) == policies.canonical(
+        policies.uc_policies(**args, uc_master_role_arn=policies.UC_MASTER_ROLE_ARN)["permissions"])
 
 
 @pytest.mark.stack
@@ -335,6 +360,151 @@ def test_credential_fields_and_validation_rows():
     assert uc.validation_rows(ValidateStorageCredentialResponse()) == []
 
 
+class FakeAPI:
+    """Records calls; ``get`` answers from ``items`` or raises the SDK's NotFound, like the workspace."""
+
+    def __init__(self, items=None):
+        self.items, self.calls = dict(items or {}), []
+
+    def get(self, name):
+        from databricks.sdk.errors import NotFound
+
+        self.calls.append(("get", name, {}))
+        if name not in self.items:
+            raise NotFound(f"{name} does not exist")
+        return self.items[name]
+
+    def _store(self, op, name, kwargs, info):
+        self.calls.append((op, name, kwargs))
+        self.items[name] = info
+        return info
+
+
+class FakeCredentials(FakeAPI):
+    def create(self, name, **kwargs):
+        from databricks.sdk.service.catalog import AwsIamRoleResponse, StorageCredentialInfo
+
+        role = AwsIamRoleResponse(role_arn=kwargs["aws_iam_role"].role_arn, external_id=EXTERNAL_ID)
+        return self._store("create", name, kwargs, StorageCredentialInfo(
+            name=name, aws_iam_role=role, read_only=kwargs.get("read_only")))
+
+    def update(self, name, **kwargs):
+        from databricks.sdk.service.catalog import AwsIamRoleResponse, StorageCredentialInfo
+
+        role = AwsIamRoleResponse(role_arn=kwargs["aws_iam_role"].role_arn, external_id=EXTERNAL_ID)
+        return self._store("update", name, kwargs, StorageCredentialInfo(
+            name=name, aws_iam_role=role, read_only=kwargs.get("read_only")))
+
+    def validate(self, **kwargs):
+        from databricks.sdk.service.catalog import (
+            ValidateStorageCredentialResponse,
+            ValidationResult,
+            ValidationResultOperation,
+            ValidationResultResult,
+        )
+
+        self.calls.append(("validate", kwargs.get("storage_credential_name"), kwargs))
+        ops = [ValidationResultOperation.READ, ValidationResultOperation.LIST]
+        if not kwargs.get("read_only"):  # what a read-only role answers to a read-write validation
+            ops += [ValidationResultOperation.WRITE, ValidationResultOperation.DELETE]
+        return ValidateStorageCredentialResponse(results=[
+            ValidationResult(operation=op, result=ValidationResultResult.PASS
+                             if op in (ValidationResultOperation.READ, ValidationResultOperation.LIST)
+                             else ValidationResultResult.FAIL) for op in ops])
+
+
+class FakeLocations(FakeAPI):
+    def create(self, name, url, credential_name, **kwargs):
+        from databricks.sdk.service.catalog import ExternalLocationInfo
+
+        return self._store("create", name, {"url": url, "credential_name": credential_name, **kwargs},
+                           ExternalLocationInfo(name=name, url=url, credential_name=credential_name,
+                                                read_only=kwargs.get("read_only")))
+
+    def update(self, name, **kwargs):
+        from databricks.sdk.service.catalog import ExternalLocationInfo
+
+        old = self.items[name]
+        return self._store("update", name, kwargs, ExternalLocationInfo(
+            name=name, url=old.url, credential_name=old.credential_name, read_only=kwargs["read_only"]))
+
+
+class FakeWorkspace:
+    def __init__(self, credentials=None, locations=None):
+        self.storage_credentials = FakeCredentials(credentials)
+        self.external_locations = FakeLocations(locations)
+
+
+ROLE_ARN = f"arn:aws:iam::123456789012:role/{ROLE_NAME}"
+URL = f"s3://{LAB_BUCKET}/"
+
+
+def test_storage_credential_is_created_read_only_then_kept():
+    w = FakeWorkspace()
+    info, external_id = uc.create_storage_credential(w, "cred", ROLE_ARN)
+    assert external_id == EXTERNAL_ID and info.read_only is True
+    [(op, name, kwargs)] = [c for c in w.storage_credentials.calls if c[0] != "get"]
+    assert (op, name, kwargs["read_only"], kwargs["skip_validation"]) == ("create", "cred", True, True)
+    assert kwargs["aws_iam_role"].role_arn == ROLE_ARN
+    w.storage_credentials.calls.clear()
+    assert uc.create_storage_credential(w, "cred", ROLE_ARN)[0] is info  # read-only, same role: untouched
+    assert [c[0] for c in w.storage_credentials.calls] == ["get"]
+
+
+def test_existing_read_write_credential_is_made_read_only():
+    from databricks.sdk.service.catalog import AwsIamRoleResponse, StorageCredentialInfo
+
+    old = StorageCredentialInfo(name="cred", aws_iam_role=AwsIamRoleResponse(role_arn=ROLE_ARN, external_id="x"))
+    w = FakeWorkspace(credentials={"cred": old})
+    info, _ = uc.create_storage_credential(w, "cred", ROLE_ARN)
+    [(op, _, kwargs)] = [c for c in w.storage_credentials.calls if c[0] != "get"]
+    assert op == "update" and kwargs["read_only"] is True and info.read_only is True
+
+
+def test_external_location_is_created_read_only_without_file_events():
+    w = FakeWorkspace()
+    info, message = uc.ensure_external_location(w, "landing", URL, "cred")
+    assert message == f"created read-only external location landing -> {URL}" and info.read_only is True
+    [(op, name, kwargs)] = [c for c in w.external_locations.calls if c[0] != "get"]
+    assert (op, name, kwargs["url"], kwargs["credential_name"]) == ("create", "landing", URL, "cred")
+    assert kwargs["read_only"] is True and kwargs["enable_file_events"] is False
+    assert uc.ensure_external_location(w, "landing", URL, "cred")[1] == (
+        f"read-only external location landing already exists: {URL}")
+
+
+def test_existing_read_write_location_is_made_read_only():
+    from databricks.sdk.service.catalog import ExternalLocationInfo
+
+    w = FakeWorkspace(locations={"landing": ExternalLocationInfo(name="landing", url=URL, read_only=False)})
+    info, message = uc.ensure_external_location(w, "landing", URL, "cred")
+    assert info.read_only is True and message == f"external location landing ({URL}) made read-only"
+    assert [c for c in w.external_locations.calls if c[0] == "update"] == [
+        ("update", "landing", {"read_only": True})]
+
+
+def test_validation_asks_for_read_only_checks():
+    w = FakeWorkspace()
+    rows = uc.validate_storage_credential(w, "cred", URL)
+    assert w.storage_credentials.calls == [
+        ("validate", "cred", {"storage_credential_name": "cred", "url": URL, "read_only": True})]
+    assert rows == [{"operation": "READ", "result": "PASS", "message": ""},
+                    {"operation": "LIST", "result": "PASS", "message": ""}]
+
+
+def test_sdk_accepts_the_read_only_arguments():
+    # the installed SDK's signatures have the keywords the helpers pass
+    import inspect
+
+    from databricks.sdk.service.catalog import ExternalLocationsAPI, StorageCredentialsAPI
+
+    for method, names in ((StorageCredentialsAPI.create, {"read_only", "skip_validation", "aws_iam_role"}),
+                          (StorageCredentialsAPI.update, {"read_only", "skip_validation", "aws_iam_role"}),
+                          (StorageCredentialsAPI.validate, {"read_only", "storage_credential_name", "url"}),
+                          (ExternalLocationsAPI.create, {"read_only", "enable_file_events", "comment"}),
+                          (ExternalLocationsAPI.update, {"read_only"})):
+        assert names <= set(inspect.signature(method).parameters), method.__qualname__
+
+
 # --- SQL templates -----------------------------------------------------------------------------------------
 SQL_VALUES = {
     "01_catalog_and_schemas.sql": dict(catalog="kinesis_lab"),
@@ -403,6 +573,7 @@ def test_external_location_sql():
         "lab'",
     ]
     assert "GRANT READ FILES ON EXTERNAL LOCATION `kinesis_lab_landing` TO `account users`" in statements
+    assert not any("WRITE" in s.upper() for s in statements)  # read-only: no WRITE FILES grant
     assert f"LIST 's3://{LAB_BUCKET}/bronze/' LIMIT 20" in statements
 
 

@@ -86,9 +86,29 @@ _FIELD_RULES = {
     "gender_present": "Gender IS NOT NULL",
     "age_group_present": "Age_Group IS NOT NULL",
     "gender_known": "Gender IS NULL OR Gender IN ('Total', 'Female', 'Male')",  # missing: gender_present
-    "year_in_range": f"Year BETWEEN {MIN_YEAR} AND year(current_date())",
-    "rate_in_range": "Child_Labor_Rate_Percent BETWEEN 0 AND 100",
-    "children_non_negative": "Estimated_Children_Millions >= 0",
+    # a number that is missing or not a number breaks "..._is_number" only; "..._in_range" judges numbers
+    "year_is_integer": "Year IS NOT NULL",
+    "year_in_range": f"Year IS NULL OR Year BETWEEN {MIN_YEAR} AND year(current_date())",
+    "rate_is_number": "Child_Labor_Rate_Percent IS NOT NULL",
+    "rate_in_range": "Child_Labor_Rate_Percent IS NULL OR Child_Labor_Rate_Percent BETWEEN 0 AND 100",
+    "children_is_number": "Estimated_Children_Millions IS NOT NULL",
+    "children_non_negative": "Estimated_Children_Millions IS NULL OR Estimated_Children_Millions >= 0",
+}
+# What each rule asks of a row, in words (notebook 08 shows them; a test keeps the keys equal to the rules').
+RULE_DESCRIPTIONS = {
+    "record_parsed": "the line is one JSON object, and the producer could parse its CSV row",
+    "event_id_present": "it has an event_id",
+    "country_present": "Country is not empty",
+    "country_code_present": "Country_Code is not empty",
+    "gender_present": "Gender is not empty",
+    "age_group_present": "Age_Group is not empty",
+    "gender_known": "Gender is Total, Female or Male (Boys/Girls are mapped first)",
+    "year_is_integer": "Year is a whole number (not empty, not N/A, not 2015.5)",
+    "year_in_range": f"Year is between {MIN_YEAR} and this year",
+    "rate_is_number": "Child_Labor_Rate_Percent is a number (not empty, not N/A)",
+    "rate_in_range": "Child_Labor_Rate_Percent is between 0 and 100",
+    "children_is_number": "Estimated_Children_Millions is a number (not empty, not N/A)",
+    "children_non_negative": "Estimated_Children_Millions is 0 or more",
 }
 
 
@@ -195,6 +215,13 @@ def quality_rules() -> dict[str, str]:
     return rules
 
 
+def rules_table() -> list[dict[str, str]]:
+    """Each rule with what a good row meets, in words and as the SQL condition on a parsed record."""
+    conditions = {"record_parsed": "_record_parsed", **_FIELD_RULES}
+    return [{"rule": name, "a good row": RULE_DESCRIPTIONS[name], "SQL condition": conditions[name]}
+            for name in quality_rules()]
+
+
 def with_rule_violations(candidates_df: DataFrame) -> DataFrame:
     """Adds ``broken_rules``: array<string> of the names of the rules the row breaks (empty = valid)."""
     checks = [F.when(~F.expr(expression), F.lit(name)) for name, expression in quality_rules().items()]
@@ -234,15 +261,39 @@ def check_silver(bronze_df: DataFrame) -> DataFrame:
 
 
 # --- gold (batch: materialized views) -------------------------------------------------------------
+# A country row has a three-letter ISO code. Anything else is an aggregate the source publishes:
+# WORLD (Region "Global") and REGION (Country = the region's name, Region = that region).
+COUNTRY_CODE_PATTERN = r"^[A-Z]{3}$"
+
+
+def is_aggregate(code: Column | None = None) -> Column:
+    """True for an aggregate row (Country_Code not a three-letter ISO code: WORLD, REGION, ...).
+    The one place that tells aggregates from countries; a NULL code counts as an aggregate."""
+    code = F.col("Country_Code") if code is None else code
+    return ~F.coalesce(code.rlike(COUNTRY_CODE_PATTERN), F.lit(False))
+
+
+def _countries(silver_df: DataFrame) -> DataFrame:
+    return silver_df.where(~is_aggregate())
+
+
+def _aggregates(silver_df: DataFrame) -> DataFrame:
+    return silver_df.where(is_aggregate())
+
+
 def _totals(silver_df: DataFrame) -> DataFrame:
     """Rows for both genders together: Male/Female rows are split views of the same children."""
     return silver_df.where(F.col("Gender") == "Total")
 
 
 def rate_by_region_year(silver_df: DataFrame) -> DataFrame:
-    """Per Region and Year (Gender = Total): mean/min/max rate, countries, estimated children."""
+    """Per Region and Year (Gender = Total, countries only): mean/min/max rate, countries, children.
+
+    Aggregate rows (WORLD, REGION) are left out: averaging a region's published figure with its
+    countries would count it as one more country. A region the source gives only as its aggregate
+    has no row here; its figures are in aggregate_rates."""
     return (
-        _totals(silver_df)
+        _totals(_countries(silver_df))
         .groupBy("Region", "Year")
         .agg(
             F.round(F.avg("Child_Labor_Rate_Percent"), 2).alias("avg_rate_percent"),
@@ -255,11 +306,33 @@ def rate_by_region_year(silver_df: DataFrame) -> DataFrame:
     )
 
 
+def aggregate_rates(silver_df: DataFrame) -> DataFrame:
+    """The aggregates' own figures, as the source publishes them (nothing recomputed from countries):
+    per aggregate (Country, Country_Code, Region), Year and Age_Group with a Total row: its rate and
+    children, and its female/male rates when published (else NULL). ``rows``: Total rows averaged
+    (more than 1 when the source repeats or revises the figure)."""
+    rate, gender = F.col("Child_Labor_Rate_Percent"), F.col("Gender")
+    return (
+        _aggregates(silver_df)
+        .groupBy("Country", "Country_Code", "Region", "Year", "Age_Group")
+        .agg(
+            F.round(F.avg(F.when(gender == "Total", rate)), 2).alias("rate_percent"),
+            F.round(F.avg(F.when(gender == "Total", F.col("Estimated_Children_Millions"))), 3).alias(
+                "children_millions"
+            ),
+            F.round(F.avg(F.when(gender == "Female", rate)), 2).alias("female_rate_percent"),
+            F.round(F.avg(F.when(gender == "Male", rate)), 2).alias("male_rate_percent"),
+            F.count(F.when(gender == "Total", F.lit(1))).alias("rows"),
+        )
+        .where(F.col("rows") > 0)
+    )
+
+
 def latest_rate_by_country(silver_df: DataFrame) -> DataFrame:
-    """Per country its latest Year (Gender = Total), with the mean rate and children of that year
-    (mean over age groups and repeated rows)."""
+    """Per country (aggregates left out) its latest Year (Gender = Total), with the mean rate and
+    children of that year (mean over age groups and repeated rows)."""
     per_year = (
-        _totals(silver_df)
+        _totals(_countries(silver_df))
         .groupBy("Country", "Country_Code", "Region", "Year")
         .agg(
             F.avg("Child_Labor_Rate_Percent").alias("rate_percent"),
@@ -276,8 +349,8 @@ def latest_rate_by_country(silver_df: DataFrame) -> DataFrame:
 
 def top_countries_latest_rate(silver_df: DataFrame, n: int = 10) -> DataFrame:
     """The ``n`` countries with the highest rate in their latest year, ``rank`` 1 = highest.
-    Aggregates such as WORLD (Country_Code not three letters A-Z) are left out."""
-    countries = latest_rate_by_country(silver_df).where(F.col("Country_Code").rlike("^[A-Z]{3}$"))
+    Aggregates (WORLD, REGION) are left out."""
+    countries = latest_rate_by_country(silver_df)
     highest_first = Window.orderBy(F.col("rate_percent").desc(), F.col("Country"))
     return (
         countries.select("*", F.row_number().over(highest_first).alias("rank"))
@@ -296,9 +369,11 @@ def top_countries_latest_rate(silver_df: DataFrame, n: int = 10) -> DataFrame:
 
 def gender_comparison(silver_df: DataFrame) -> DataFrame:
     """Per Country, Year and Age_Group: Female and Male rates side by side and the gap (male - female).
-    Only rows where both genders are known."""
+    Only rows where both genders are known, and countries only: an aggregate is not one more point
+    among countries (its female/male rates are in aggregate_rates)."""
     pivoted = (
-        silver_df.where(F.col("Gender").isin("Female", "Male"))
+        _countries(silver_df)
+        .where(F.col("Gender").isin("Female", "Male"))
         .groupBy("Country", "Country_Code", "Region", "Year", "Age_Group")
         .pivot("Gender", ["Female", "Male"])
         .agg(F.avg("Child_Labor_Rate_Percent"))

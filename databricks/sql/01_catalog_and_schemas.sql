@@ -6,7 +6,8 @@ CREATE CATALOG IF NOT EXISTS `${catalog}`
 
 -- A metastore without a default storage root needs a managed location for the catalog instead:
 --   CREATE CATALOG IF NOT EXISTS `${catalog}` MANAGED LOCATION 's3://<managed-bucket>/kinesis_lab/';
--- (an external location must cover that path; keep it out of the Firehose landing prefix)
+-- (an external location with write access must cover that path: not the landing bucket, whose
+-- external location is read-only)
 
 CREATE SCHEMA IF NOT EXISTS `${catalog}`.`bronze`
   COMMENT 'Raw events as Firehose delivered them, one row per line';

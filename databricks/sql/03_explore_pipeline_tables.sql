@@ -16,7 +16,9 @@ SELECT 'gold_top_countries_latest', COUNT(*) FROM `${catalog}`.`${gold_schema}`.
 UNION ALL
 SELECT 'gold_gender_comparison', COUNT(*) FROM `${catalog}`.`${gold_schema}`.`gold_gender_comparison`
 UNION ALL
-SELECT 'gold_quarantine_by_rule', COUNT(*) FROM `${catalog}`.`${gold_schema}`.`gold_quarantine_by_rule`;
+SELECT 'gold_quarantine_by_rule', COUNT(*) FROM `${catalog}`.`${gold_schema}`.`gold_quarantine_by_rule`
+UNION ALL
+SELECT 'gold_aggregate_rates', COUNT(*) FROM `${catalog}`.`${gold_schema}`.`gold_aggregate_rates`;
 
 -- Why rows were quarantined: one row per broken rule (a row can break several); the pipeline keeps the
 -- same numbers in gold_quarantine_by_rule

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 from kinesis_lab import doctor, stack
 from kinesis_lab.aws import CostOptInRequired
@@ -19,13 +23,9 @@ def _cfg(args):
     return load_config(target=getattr(args, "target", None))
 
 
-def cmd_up(args) -> int:
-    cfg = _cfg(args)
-    if not cfg.is_local:
-        raise CliError("`up` starts the local stack; target is 'aws', where AWS itself runs the services "
-                       "(unset LAB_TARGET or pass --target local)")
+def _start_stack(cfg, port: int | None = None) -> None:
     try:
-        state, started = stack.up(cfg.state_dir, cfg.region, port=args.port)
+        state, started = stack.up(cfg.state_dir, cfg.region, port=port)
     except stack.StackError as exc:
         raise CliError(str(exc)) from exc
     if started:
@@ -34,7 +34,60 @@ def cmd_up(args) -> int:
     else:
         print(f"local stack already up at {state.endpoint} (moto pid {state.moto_pid}, Firehose pid {state.firehose_pid})")
     print(f"environment for boto3 / AWS CLI: {stack.env_file(cfg.state_dir)}")
+
+
+def cmd_up(args) -> int:
+    cfg = _cfg(args)
+    if not cfg.is_local:
+        raise CliError("`up` starts the local stack; target is 'aws', where AWS itself runs the services "
+                       "(unset LAB_TARGET or pass --target local)")
+    _start_stack(cfg, args.port)
     return 0
+
+
+LAB_NOTEBOOK = Path("notebooks") / "00_setup.ipynb"  # what `make lab` opens
+
+
+def running_as_root() -> bool:
+    return getattr(os, "geteuid", lambda: -1)() == 0  # no geteuid on Windows
+
+
+def jupyter_lab_command(home: Path, extra: Sequence[str] = ()) -> list[str]:
+    """The JupyterLab command of `make lab` / `kinesis-lab lab`. It serves the repository root, so the notebooks'
+    ``../images/...`` resolve (served from notebooks/ they fall outside the server: 403), and opens 00_setup."""
+    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={Path(home).resolve()}"]
+    if running_as_root():
+        cmd.append("--allow-root")  # containers, WSL, cloud VMs: JupyterLab refuses root without it
+    return [*cmd, *extra, str(Path(home).resolve() / LAB_NOTEBOOK)]
+
+
+def cmd_lab(args, extra: Sequence[str] = ()) -> int:
+    import importlib.util
+
+    from dotenv import dotenv_values
+
+    cfg = _cfg(args)
+    if importlib.util.find_spec("jupyterlab") is None:
+        raise CliError("JupyterLab is not installed here: pip install -e '.[lab]' (`make lab` does it)")
+    env = dict(os.environ)
+    if not cfg.is_local:
+        print("target aws: no local stack; the notebooks use your AWS credentials")
+    elif args.no_stack:
+        print("--no-stack: the local stack is not started (notebook 00 starts it)")
+    else:
+        _start_stack(cfg)
+        env.update({k: v for k, v in dotenv_values(stack.env_file(cfg.state_dir)).items() if v is not None})
+        print("the stack keeps running after JupyterLab stops: `kinesis-lab down` (make down) stops it")
+    cmd = jupyter_lab_command(cfg.home, [a for a in extra if a != "--"])
+    print("$ " + subprocess.list2cmdline(cmd), flush=True)
+    if os.name == "posix":
+        os.execve(cmd[0], cmd, env)  # JupyterLab takes over this process (and its Ctrl-C)
+    proc = subprocess.Popen(cmd, env=env)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # JupyterLab asks itself whether to shut down
+            continue
 
 
 def cmd_down(args) -> int:
@@ -155,15 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--in-place", action="store_true",
                     help="write outputs into notebooks/ (to refresh the committed outputs) instead of build/notebooks/")
     sp = add("reconcile", cmd_reconcile, "every CSV line's fate at each hop; exit 1 if one is missing or twice in silver")
-    sp.add_argument("--dataset", default="sample", help="the CSV that was produced: 'sample' (default) or a path")
+    sp.add_argument("--dataset", help="the CSV that was produced (default: the one notebook 04 sent, else the sample)")
     sp.add_argument("--json", action="store_true", help="print the ledger's figures as JSON")
+    sp = add("lab", cmd_lab, "start the local stack (target local) and JupyterLab on notebooks/00_setup.ipynb; "
+                             "other options go to JupyterLab (e.g. --no-browser --port=8890)")
+    sp.add_argument("--no-stack", action="store_true", help="do not start the local stack")
+    sp.allow_abbrev = False  # e.g. JupyterLab's --no-browser is not our --no-stack
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "lab":  # only `lab` passes unknown options on (to JupyterLab)
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.func(args)
+        return args.func(args, extra) if args.command == "lab" else args.func(args)
     except (CliError, ConfigError, stack.StackError, CostOptInRequired) as exc:
         print(f"kinesis-lab: error: {exc}", file=sys.stderr)
         return 2

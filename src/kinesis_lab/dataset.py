@@ -88,11 +88,28 @@ _GENDER_SHAPE = {"Total": (1.0, 0.0), "Female": (0.49, -1.6), "Male": (0.51, 1.5
 _AGE_SHAPE = {"5-17 years": (1.0, 0.0), "7-14 years": (0.62, -0.8)}
 
 
+# The real file's published aggregates besides WORLD: Country_Code "REGION", Country = Region = the
+# region's name. AGGREGATE_ONLY_REGION has no country in the file, only its aggregate rows.
+AGGREGATE_ONLY_REGION = "Europe and Central Asia"
+REGION_AGGREGATES = (
+    ("Sub-Saharan Africa", "REGION", "Sub-Saharan Africa", 24.0, 300.0),
+    ("Asia and the Pacific", "REGION", "Asia and the Pacific", 6.5, 830.0),
+    ("Latin America and the Caribbean", "REGION", "Latin America and the Caribbean", 6.0, 150.0),
+    (AGGREGATE_ONLY_REGION, "REGION", AGGREGATE_ONLY_REGION, 4.1, 170.0),
+)
+AGGREGATE_YEARS = (2008, 2012, 2016, 2020)  # the years the aggregates are published for
+AGGREGATE_GENDERS = ("Total", "Female", "Male")
+
+
 def _synthetic_row(rng: random.Random, country: tuple) -> list[str]:
-    name, code, region, base_rate, children = country
     year = rng.randint(FIRST_YEAR, LAST_YEAR)
     gender = rng.choice(GENDERS)
     age_group = rng.choice(AGE_GROUPS)
+    return _row(rng, country, year, gender, age_group)
+
+
+def _row(rng: random.Random, country: tuple, year: int, gender: str, age_group: str) -> list[str]:
+    name, code, region, base_rate, children = country
     gender_share, gender_offset = _GENDER_SHAPE[gender]
     age_share, age_offset = _AGE_SHAPE[age_group]
     trend = -0.35 * (year - FIRST_YEAR) * base_rate / 25  # rates fall slowly over the years
@@ -117,21 +134,33 @@ MALFORMED_LINE = "Congo, Republic of,COG,Sub-Saharan Africa,2014,22.5,0.60,Total
 
 
 def generate_synthetic_sample(path: str | Path = SAMPLE_PATH, rows: int = 540, seed: int = 42,
-                              dirty: bool = False) -> Path:
+                              dirty: bool = False, aggregates: bool = False) -> Path:
     """Write a seeded synthetic CSV shaped like the real file (same seed -> same bytes).
 
     Keys (Country, Year, Gender, Age_Group) are not unique, as in the real file: about 2 % of the
     rows are exact duplicates and about 1 % repeat a key with a revised value. With ``dirty`` (the
     shipped sample), ``DIRTY_ROWS`` and ``MALFORMED_LINE`` replace rows at seeded places: the total
     stays ``rows`` data lines.
+
+    With ``aggregates`` (and ``dirty=False``: a real-like file, every row valid) the published
+    aggregates replace the random WORLD rows: WORLD and each of ``REGION_AGGREGATES`` (one of them,
+    ``AGGREGATE_ONLY_REGION``, has no country) for every ``AGGREGATE_YEARS`` and
+    ``AGGREGATE_GENDERS``, age group 5-17 years; ``rows`` must leave room for them.
     """
     if rows < 1:
         raise ValueError(f"rows must be at least 1, got {rows}")
     rng = random.Random(seed)
     duplicates, revisions = rows // 50, rows // 100
     base_rows = rows - duplicates - revisions
-    weights = [6 if c[1] == "WORLD" else 1 for c in _COUNTRIES]
-    table = [_synthetic_row(rng, rng.choices(_COUNTRIES, weights)[0]) for _ in range(base_rows)]
+    if aggregates:
+        table = _aggregate_rows(rng)
+        if len(table) >= base_rows:
+            raise ValueError(f"rows={rows} leaves no room for a country next to the {len(table)} aggregate rows")
+        countries = [c for c in _COUNTRIES if c[1] != "WORLD"]
+        table += [_synthetic_row(rng, rng.choice(countries)) for _ in range(base_rows - len(table))]
+    else:
+        weights = [6 if c[1] == "WORLD" else 1 for c in _COUNTRIES]
+        table = [_synthetic_row(rng, rng.choices(_COUNTRIES, weights)[0]) for _ in range(base_rows)]
     table.sort(key=lambda r: (r[0], int(r[3]), r[6], r[7]))
     for _ in range(revisions):  # same key, a revised estimate next to the first one
         at = rng.randrange(len(table))
@@ -159,6 +188,16 @@ def generate_synthetic_sample(path: str | Path = SAMPLE_PATH, rows: int = 540, s
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue().encode("utf-8"))
     return path
+
+
+def _aggregate_rows(rng: random.Random) -> list[list[str]]:
+    world = next(c for c in _COUNTRIES if c[1] == "WORLD")
+    return [
+        _row(rng, aggregate, year, gender, "5-17 years")
+        for aggregate in (world, *REGION_AGGREGATES)
+        for year in AGGREGATE_YEARS
+        for gender in AGGREGATE_GENDERS
+    ]
 
 
 # --- finding and checking a dataset ----------------------------------------------------------------

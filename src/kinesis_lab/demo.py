@@ -14,9 +14,10 @@ from kinesis_lab.config import load_config
 from kinesis_lab.summary import read_summary, reconciliation_problems, summary_path
 
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_.+\.ipynb$")
+DATASET_CHOOSERS = ("00", "04")  # the notebooks given --dataset; the others read it from the run summary
 # what a fresh demo run starts without, under the build folder
-RUN_ARTIFACTS = ("notebooks", "lakehouse", "external_location", "run-summary.json", "figures", "demo-stack",
-                 "databricks-sql", "firehose-delivery-stream.json")
+RUN_ARTIFACTS = ("notebooks", "lakehouse", "external_location", "run-summary.json", "previous-run-summary.json",
+                 "figures", "demo-stack", "databricks-sql", "firehose-delivery-stream.json")
 
 
 def series(notebooks_dir: Path) -> list[Path]:
@@ -25,18 +26,77 @@ def series(notebooks_dir: Path) -> list[Path]:
 
 
 def parameters_for(notebook: Path, wanted: dict) -> dict:
-    """Only the parameters this notebook declares in its `parameters` cell."""
+    """Only the parameters this notebook declares in its `parameters` cell. The dataset goes to the notebooks
+    that choose it (00) and send it (04): 05-09 find it in the run summary, as they do for a learner."""
     import papermill
 
     declared = papermill.inspect_notebook(str(notebook))
+    if notebook.name[:2] not in DATASET_CHOOSERS:
+        declared = {k: v for k, v in declared.items() if k != "dataset"}
     return {k: v for k, v in wanted.items() if k in declared and v is not None}
 
 
+REPO_PLACEHOLDER = "[repo]"  # stands for the repository path; plain text, so HTML outputs show it too
+
+
+def _replace_in_strings(node, old: str, new: str):
+    if isinstance(node, str):
+        return node.replace(old, new)
+    if isinstance(node, list):
+        return [_replace_in_strings(v, old, new) for v in node]
+    if isinstance(node, dict):
+        return type(node)((k, _replace_in_strings(v, old, new)) for k, v in node.items())
+    return node
+
+
+def _js_numbers(node):
+    """JSON numbers as a browser sends them back: JavaScript writes 540.0 as 540."""
+    if isinstance(node, float) and node.is_integer() and abs(node) < 1e21:
+        return int(node)
+    if isinstance(node, list):
+        return [_js_numbers(v) for v in node]
+    if isinstance(node, dict):
+        return type(node)((k, _js_numbers(v)) for k, v in node.items())
+    return node
+
+
+def _normalised(nb):
+    import nbformat
+    from ipykernel.kernelspec import get_kernel_dict
+
+    nb = _js_numbers(nb)  # e.g. ipywidgets' state in the metadata
+    if nb.nbformat_minor < 5:
+        nb = nbformat.v4.upgrade(nb, from_version=4, from_minor=nb.nbformat_minor)  # 4.5: cell ids
+    nb = nbformat.from_dict(nbformat.validator.normalize(nb)[1])  # e.g. duplicate ids
+    if (nb.metadata.get("kernelspec") or {}).get("name", "python3") == "python3":  # the demo's kernel
+        native = get_kernel_dict()
+        nb.metadata["kernelspec"] = nbformat.from_dict(
+            {"display_name": native["display_name"], "language": native["language"], "name": "python3"})
+    nbformat.validate(nb)
+    return nb
+
+
+def normalise_notebook(path: Path) -> None:
+    """Rewrite a notebook byte for byte as JupyterLab saves it, so opening and saving it changes nothing.
+
+    nbformat 4.5 with cell ids, indent 1, sorted keys, trailing newline (``nbformat.write``), whole floats as
+    integers (the browser's JSON), and the kernelspec JupyterLab sets on open: another ``display_name`` marks the
+    notebook modified as soon as its kernel starts (so does a ``language_info`` of another Python version, which
+    no file can avoid)."""
+    import nbformat
+
+    nbformat.write(_normalised(nbformat.read(path, as_version=4)), path)
+
+
 def sanitise_outputs(path: Path, home: Path) -> None:
-    """Stored outputs must not carry this machine's paths (the account id on local is moto's placeholder)."""
-    text = path.read_text(encoding="utf-8")
-    text = text.replace(str(home), "<repo>")
-    path.write_text(text, encoding="utf-8")
+    """Stored outputs must not carry this machine's paths (the account id on local is moto's placeholder);
+    the file is written as JupyterLab saves it (``normalise_notebook``)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for old in dict.fromkeys((str(home), Path(home).as_posix())):
+        nb = _replace_in_strings(nb, old, REPO_PLACEHOLDER)
+    nbformat.write(_normalised(nb), path)
 
 
 def run_demo(dataset: str | None = None, simulated_failure_rate: float = 0.0, notebooks: list[str] | None = None,
@@ -88,7 +148,7 @@ def run_demo(dataset: str | None = None, simulated_failure_rate: float = 0.0, no
         if not keep_stack:
             stack.down(state_dir)
 
-    summary = read_summary(build)
+    summary = read_summary(build) or read_summary(build, previous=True)  # 99_teardown closes the run
     summary["notebook_seconds"] = dict(timings)
     summary["total_seconds"] = round(sum(t for _, t in timings), 1)
     summary_path(build).parent.mkdir(parents=True, exist_ok=True)

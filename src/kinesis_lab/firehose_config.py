@@ -4,6 +4,10 @@ moto accepts any configuration; real Firehose rejects some at create time. ``val
 reports those problems up front (one line each, saying the fix), so a configuration that works
 locally also works on AWS. Rules: docs.aws.amazon.com/firehose/latest/dev/s3-prefixes.html
 ("Semantic rules") and the API reference (BufferingHints, Prefix length).
+
+``delivery_config_warnings`` reports what AWS accepts but this lab advises against (a prefix not ending
+in ``/`` glues each object name to the date). ``check_delivery_config`` returns both, problems first,
+as ``Finding``s that say which kind they are.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 
@@ -29,6 +35,20 @@ class DeliveryConfigError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         super().__init__("invalid delivery stream configuration:\n- " + "\n- ".join(self.problems))
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One result of ``check_delivery_config``. ``severity`` is "problem" (real Firehose rejects the
+    configuration) or "warning" (AWS accepts it; this lab's validator advises against it)."""
+
+    severity: str
+    message: str
+
+    def __str__(self) -> str:
+        label = ("problem (AWS rejects it)" if self.severity == "problem"
+                 else "warning (this lab's validator; AWS accepts it)")
+        return f"{label}: {self.message}"
 
 
 class RoleNotAssumable(RuntimeError):
@@ -118,6 +138,63 @@ def validate_delivery_config(kwargs: dict) -> list[str]:
     return found
 
 
+# a fixed moment for the example keys in warnings
+EXAMPLE_TIME = datetime(2026, 11, 26, 10, 15, 2, tzinfo=UTC)
+
+
+def _example_key(template: str, stream_name: str, error_prefix: bool) -> str | None:
+    """The start of an object key ``template`` gives at EXAMPLE_TIME; None if it cannot be evaluated
+    (reported as a problem) or is random."""
+    if any(e.namespace == "firehose" and e.value == "random-string" for e in expressions.expressions(template)):
+        return None
+    try:
+        evaluated = expressions.evaluate(template, EXAMPLE_TIME,
+                                         error_output_type="processing-failed" if error_prefix else None)
+    except expressions.ExpressionError:
+        return None
+    return f"{evaluated}{stream_name}-1-{EXAMPLE_TIME:%Y-%m-%d-%H-%M-%S}-..."
+
+
+def _last_part(template: str) -> str:
+    """What ends a prefix, in words: "the date", "the value of !{...}" or its last characters."""
+    last = expressions.split_template(template)[0][-1]
+    if not isinstance(last, expressions.Expression):
+        return repr(template[-12:])
+    if last.namespace == "timestamp":
+        return "the date"
+    return f"the value of !{{{last.namespace}:{last.value}}}"
+
+
+def delivery_config_warnings(kwargs: dict) -> list[str]:
+    """What this lab's validator warns about although AWS accepts it: a Prefix or ErrorOutputPrefix that
+    does not end in '/'. Firehose writes the object name (or, for a Prefix without a timestamp, its
+    default ``yyyy/MM/dd/HH/`` folders) right after the prefix, glued to its last characters."""
+    dest = _destination(kwargs)
+    stream_name = kwargs.get("DeliveryStreamName") or "<delivery-stream>"
+    found: list[str] = []
+    for field in ("Prefix", "ErrorOutputPrefix"):
+        value = dest.get(field) or ""
+        if not value or value.endswith("/"):
+            continue
+        if field == "Prefix" and not expressions.has_timestamp(value):
+            what = "Firehose appends its default date folders (yyyy/MM/dd/HH/) right after it"
+            example = _example_key(expressions.effective_prefix(value), stream_name, False)
+        else:
+            what = f"Firehose appends each object name right after it, glued to {_last_part(value)}"
+            example = _example_key(value, stream_name, field == "ErrorOutputPrefix")
+        shown = f": {example!r}" if example else ""
+        found.append(f"{field} {value!r} does not end with '/': {what}{shown}; end it with '/'")
+    return found
+
+
+def check_delivery_config(kwargs: dict) -> list[Finding]:
+    """Everything ``validate_delivery_config`` (problems) and ``delivery_config_warnings`` (warnings) find,
+    problems first. ``print(finding)`` says which kind each is."""
+    return [Finding("problem", m) for m in validate_delivery_config(kwargs)] + [
+        Finding("warning", m) for m in delivery_config_warnings(kwargs)
+    ]
+
+
 def _buffering_problems(hints: dict) -> list[str]:
     found = []
     size, interval = hints.get("SizeInMBs"), hints.get("IntervalInSeconds")
@@ -146,20 +223,24 @@ def create_delivery_stream(
     role_propagation_timeout: float = 60,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict:
-    """Validate, then create. Returns ``{"created": bool, "arn": str, "message": str}``.
+    """Validate, then create. Returns ``{"created": bool, "arn": str, "message": str, "warnings": [str]}``.
 
-    An existing delivery stream of that name is kept (created False). On AWS a role created seconds ago
-    may not be assumable yet: Firehose answers InvalidArgumentException, retried with backoff."""
+    Problems (``validate_delivery_config``) raise ``DeliveryConfigError`` before any call; warnings
+    (``delivery_config_warnings``) do not stop it and are returned. An existing delivery stream of that
+    name is kept (created False). On AWS a role created seconds ago may not be assumable yet: Firehose
+    answers InvalidArgumentException, retried with backoff."""
     problems = validate_delivery_config(kwargs)
     if problems:
         raise DeliveryConfigError(problems)
+    warnings = delivery_config_warnings(kwargs)
     name = kwargs["DeliveryStreamName"]
     deadline = time.monotonic() + role_propagation_timeout
     delay = 1.0
     while True:
         try:
             arn = firehose_client.create_delivery_stream(**kwargs)["DeliveryStreamARN"]
-            return {"created": True, "arn": arn, "message": f"created delivery stream {name}"}
+            return {"created": True, "arn": arn, "message": f"created delivery stream {name}",
+                    "warnings": warnings}
         except ClientError as exc:
             code = _error_code(exc)
             if code == "ResourceInUseException":
@@ -169,6 +250,7 @@ def create_delivery_stream(
                     "arn": desc["DeliveryStreamDescription"]["DeliveryStreamARN"],
                     "message": f"delivery stream {name} already exists: kept as it is "
                     "(delete it first to change its configuration)",
+                    "warnings": warnings,
                 }
             message = exc.response.get("Error", {}).get("Message", "")
             if code != "InvalidArgumentException" or not ROLE_NOT_READY.search(message):

@@ -10,6 +10,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from kinesis_lab.progress import progress_bar
+
 
 @dataclass
 class LandedObject:
@@ -65,9 +67,21 @@ def read_landing(s3, bucket: str, prefix: str, seen: dict[str, LandedObject] | N
 
 
 def wait_for_landing(s3, bucket: str, prefix: str, expected_ids: set[str], timeout: float,
-                     poll: float = 1.0, on_progress: Callable[[int], None] | None = None) -> Landing:
+                     poll: float = 1.0, on_progress: Callable[[int], None] | None = None,
+                     progress: bool | str = False) -> Landing:
     """Poll S3 until every expected event id has landed, or ``timeout`` seconds passed (then return what
-    landed: the caller reports what is missing)."""
+    landed: the caller reports what is missing). ``on_progress(found)`` is called after every poll;
+    ``progress`` shows a bar (``True``: "event ids in S3", a string: that description) that a saved
+    notebook keeps in its final state (``kinesis_lab.progress``)."""
+    if progress:
+        desc = progress if isinstance(progress, str) else "event ids in S3"
+        with progress_bar(len(expected_ids), desc, unit="rec") as bar:
+            def both(found: int) -> None:
+                bar.set(found)
+                if on_progress:
+                    on_progress(found)
+
+            return wait_for_landing(s3, bucket, prefix, expected_ids, timeout, poll, both)
     seen: dict[str, LandedObject] = {}
     ids: Counter = Counter()
     deadline = time.monotonic() + timeout

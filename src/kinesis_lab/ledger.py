@@ -475,7 +475,7 @@ def build_ledger(
 def run_reconcile(
     *,
     target: str | None = None,
-    dataset: str = "sample",
+    dataset: str | None = None,
     as_json: bool = False,
     write_summary: bool = True,
     out=print,
@@ -489,9 +489,9 @@ def run_reconcile(
 
     from kinesis_lab import aws, stack
     from kinesis_lab.config import load_config
-    from kinesis_lab.dataset import DatasetError, load_dataset
+    from kinesis_lab.dataset import DatasetError
     from kinesis_lab.producer import HeaderError
-    from kinesis_lab.summary import update_summary
+    from kinesis_lab.summary import DatasetMismatch, dataset_of_run, update_summary
 
     cfg = load_config(target=target)
 
@@ -500,8 +500,8 @@ def run_reconcile(
         return 2
 
     try:
-        csv_path = load_dataset(dataset)
-    except DatasetError as exc:
+        csv_path = dataset_of_run(cfg.build_dir, dataset)  # default: the CSV notebook 04 sent
+    except (DatasetError, DatasetMismatch) as exc:
         return fail(str(exc))
     kinesis = s3 = bucket = None
     try:

@@ -796,7 +796,10 @@ def read_table(build_dir: str | Path, name: str, columns: list[str] | None = Non
     tables = [pq.read_table(f, columns=columns) for f in files]
     import pyarrow as pa
 
-    return pa.concat_tables(tables, promote_options="default").to_pandas()
+    # integers stay integers when a value is missing (a quarantined Year shows 2018, not 2018.0)
+    nullable_ints = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+                     pa.int64(): pd.Int64Dtype()}
+    return pa.concat_tables(tables, promote_options="default").to_pandas(types_mapper=nullable_ints.get)
 
 
 def table_rows(build_dir: str | Path, name: str, database: str = DATABASE) -> int:

@@ -1,7 +1,8 @@
 """The lab's IAM policies: JSON templates in ``aws-policy/`` filled with ``${placeholders}``.
 
 ``render_policy`` fills one template; ``firehose_policies`` / ``uc_policies`` fill the sets a role needs;
-``policy_diff`` shows what changes between two versions; ``lint_policy`` runs parliament (an IAM linter).
+``policy_diff`` shows what changes between two versions; ``lint_policy`` runs parliament (an IAM linter);
+``s3_write_actions`` lists what a policy allows on S3 beyond reading (the UC role: nothing).
 """
 
 from __future__ import annotations
@@ -109,8 +110,9 @@ def uc_policies(
     session=None, *, external_id: str | None = None, file_events: bool = False, **values: Any
 ) -> dict[str, dict]:
     """``{"trust", "bootstrap_trust", "permissions"}`` (+ ``"file_events"`` if asked) for the role behind the
-    Unity Catalog storage credential. ``bootstrap_trust`` names only the UC master role: AWS rejects a
-    trust policy naming a role that does not exist yet, so the role is created with it first."""
+    Unity Catalog storage credential. ``permissions`` is read-only on the bucket (the pipeline only reads
+    it). ``bootstrap_trust`` names only the UC master role: AWS rejects a trust policy naming a role that
+    does not exist yet, so the role is created with it first."""
     filled = uc_values(session, external_id=external_id, **values)
     out = {kind: render_policy(name, **filled) for kind, name in UC_TEMPLATES.items()}
     out["bootstrap_trust"] = without_principal(
@@ -195,6 +197,25 @@ def lint_policy(policy: dict | str, *, trust_role_arn: str | None = None) -> lis
         }
         for f in findings
     ]
+
+
+S3_READ_VERBS = ("get", "list")  # every s3:Get*/s3:List* action is access level Read or List in IAM
+
+
+def s3_write_actions(policy: dict | str) -> list[str]:
+    """The S3 actions the policy's Allow statements grant beyond reading: anything but ``s3:Get*`` /
+    ``s3:List*`` (so ``s3:*`` and ``s3:Put*`` count), sorted. ``[]``: S3 access is read-only."""
+    doc = json.loads(policy) if isinstance(policy, str) else policy
+    found = set()
+    for statement in _statements(doc):
+        if statement.get("Effect") != "Allow":
+            continue
+        actions = statement.get("Action", [])
+        for action in [actions] if isinstance(actions, str) else actions:
+            service, _, name = action.partition(":")
+            if service.lower() in ("s3", "*") and not name.lower().startswith(S3_READ_VERBS):
+                found.add(action)
+    return sorted(found)
 
 
 def _statements(policy: dict) -> list[dict]:

@@ -41,6 +41,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 
 from kinesis_lab.dataset import COLUMNS, header_problems
+from kinesis_lab.progress import progress_bar
 
 MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024  # data + partition keys
@@ -710,8 +711,6 @@ def produce_file(
     nothing got through is followed by an exponential backoff with full jitter; otherwise sending goes
     on at once, paced by ``_SendRate`` once throttling shows up.
     """
-    from tqdm.auto import tqdm
-
     _check_limits(batch_size, max_batch_bytes)
     started = time.perf_counter()
     reader = RecordReader(path, produced_at=produced_at)  # hashes the file, checks the header
@@ -789,8 +788,8 @@ def produce_file(
         if simulated_failure_rate:
             stack.enter_context(simulate_throttling(kinesis, simulated_failure_rate, seed))
         ids_file = stack.enter_context(open(event_ids_path, "w", encoding="ascii")) if event_ids_path else None
-        bar = stack.enter_context(tqdm(total=reader.data_lines, unit="row", disable=not progress,
-                                       desc=f"{reader.source_file} -> {stream_name}"))
+        bar = stack.enter_context(progress_bar(reader.data_lines, f"{reader.source_file} -> {stream_name}",
+                                               unit="row", disable=not progress))
         no_progress, last_error = 0, ""
         while call := next_call(pacer.call_limit(batch_size)):
             wait = pacer.delay(time.monotonic())

@@ -6,7 +6,11 @@ The order on real AWS + Databricks (notebook 06):
    role, then adds the role itself (self-assume) once it exists.
 2. ``create_storage_credential``: Databricks answers with the credential's external id.
 3. ``ensure_uc_role`` again with that external id: only the trust policy changes (shown as a diff).
-4. ``validate_storage_credential`` and the SQL in ``databricks/sql/``.
+4. ``ensure_external_location``, ``validate_storage_credential`` and the SQL in ``databricks/sql/``.
+
+The pipeline only reads the landing bucket, so everything is read-only: the role may only get and list
+(``aws-policy/uc-permissions-policy.json``), and the credential and external location are created with
+``read_only=True`` (Unity Catalog then refuses writes through them before they reach AWS).
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ def ensure_uc_role(
             PolicyName=UC_PERMISSIONS_POLICY_NAME,
             PolicyDocument=json.dumps(rendered["permissions"]),
         )
-        steps.append(f"inline policy {UC_PERMISSIONS_POLICY_NAME} written (bucket {bucket} only)")
+        steps.append(f"inline policy {UC_PERMISSIONS_POLICY_NAME} written (read-only, bucket {bucket} only)")
     else:
         steps.append(f"inline policy {UC_PERMISSIONS_POLICY_NAME} already up to date")
 
@@ -192,25 +196,52 @@ def uc_master_role_arn_of(info) -> str:
 
 
 def create_storage_credential(w, name: str, role_arn: str):
-    """Get or create the storage credential ``name`` for ``role_arn``. Returns ``(info, external_id)``.
-    Created with ``skip_validation``: the role cannot trust the external id before Databricks issues it."""
+    """Get or create the read-only storage credential ``name`` for ``role_arn``; one that exists with
+    another role or not read-only is updated. Returns ``(info, external_id)``. Created with
+    ``skip_validation``: the role cannot trust the external id before Databricks issues it."""
     from databricks.sdk.errors import NotFound
     from databricks.sdk.service.catalog import AwsIamRoleRequest
 
     try:
         info = w.storage_credentials.get(name)
-        if info.aws_iam_role is None or info.aws_iam_role.role_arn != role_arn:
+        if info.aws_iam_role is None or info.aws_iam_role.role_arn != role_arn or not info.read_only:
             info = w.storage_credentials.update(
-                name, aws_iam_role=AwsIamRoleRequest(role_arn=role_arn), skip_validation=True
+                name, aws_iam_role=AwsIamRoleRequest(role_arn=role_arn), read_only=True, skip_validation=True
             )
     except NotFound:
         info = w.storage_credentials.create(
             name,
             aws_iam_role=AwsIamRoleRequest(role_arn=role_arn),
-            comment="kinesis lab: Firehose landing bucket",
+            comment="kinesis lab: Firehose landing bucket (read-only)",
+            read_only=True,
             skip_validation=True,
         )
     return info, external_id_of(info)
+
+
+def ensure_external_location(w, name: str, url: str, credential_name: str):
+    """Get or create the read-only external location ``name`` on ``url``; one that exists but is not
+    read-only is made read-only. File events stay off: the pipeline lists the bucket, and the role has no
+    SNS/SQS permissions (``aws-policy/uc-file-events-policy.json`` is the opt-in). Returns
+    ``(info, message)``."""
+    from databricks.sdk.errors import NotFound
+
+    try:
+        info = w.external_locations.get(name)
+    except NotFound:
+        info = w.external_locations.create(
+            name,
+            url,
+            credential_name,
+            comment="kinesis lab: Firehose landing bucket (read-only)",
+            read_only=True,
+            enable_file_events=False,
+        )
+        return info, f"created read-only external location {name} -> {url}"
+    if not info.read_only:
+        info = w.external_locations.update(name, read_only=True)
+        return info, f"external location {name} ({info.url}) made read-only"
+    return info, f"read-only external location {name} already exists: {info.url}"
 
 
 def validation_rows(response) -> list[dict]:
@@ -226,8 +257,9 @@ def validation_rows(response) -> list[dict]:
 
 
 def validate_storage_credential(w, name: str, url: str) -> list[dict]:
-    """Ask Unity Catalog to read/list/write/delete at ``url`` with the credential; one row per operation."""
-    return validation_rows(w.storage_credentials.validate(storage_credential_name=name, url=url))
+    """Ask Unity Catalog to read and list at ``url`` with the credential (``read_only``: no write or delete
+    test, which the read-only role would fail); one row per operation."""
+    return validation_rows(w.storage_credentials.validate(storage_credential_name=name, url=url, read_only=True))
 
 
 # --- SQL templates ---------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Gold: materialized views over silver, recomputed on each update."""
+"""Gold: materialized views over silver, recomputed on each update.
+
+Country figures and the source's own aggregates (WORLD, REGION rows) are kept apart:
+medallion.is_aggregate tells them apart; gold_aggregate_rates shows the aggregates as published.
+"""
 
 import medallion
 from pyspark import pipelines as dp
@@ -9,10 +13,18 @@ TOP_COUNTRIES = 10
 
 @dp.materialized_view(
     name="gold_rate_by_region_year",
-    comment="Per Region and Year (Gender = Total): mean, min, max rate; countries; estimated children.",
+    comment="Per Region and Year (Gender = Total, countries only): mean, min, max rate; countries; children.",
 )
 def gold_rate_by_region_year() -> DataFrame:
     return medallion.rate_by_region_year(spark.read.table("silver_events"))  # noqa: F821
+
+
+@dp.materialized_view(
+    name="gold_aggregate_rates",
+    comment="WORLD and regional aggregates as published: Total rate, children, female/male rates per Year.",
+)
+def gold_aggregate_rates() -> DataFrame:
+    return medallion.aggregate_rates(spark.read.table("silver_events"))  # noqa: F821
 
 
 @dp.materialized_view(
@@ -25,7 +37,7 @@ def gold_top_countries_latest() -> DataFrame:
 
 @dp.materialized_view(
     name="gold_gender_comparison",
-    comment="Female vs male rate per Country, Year and Age_Group, and the gap.",
+    comment="Female vs male rate per Country, Year and Age_Group (countries only), and the gap.",
 )
 def gold_gender_comparison() -> DataFrame:
     return medallion.gender_comparison(spark.read.table("silver_events"))  # noqa: F821
