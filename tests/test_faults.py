@@ -466,11 +466,8 @@ def test_a_foreign_object_in_the_prefix_is_kept_in_bronze_and_quarantined(ran):
             "gender_present",
             "age_group_present",
             "year_is_integer",
-            "year_in_range",
             "rate_is_number",
-            "rate_in_range",
             "children_is_number",
-            "children_non_negative",
         ],
     }
     landed = read_landing(ran.client("s3"), BUCKET, "bronze/").event_ids

@@ -620,3 +620,21 @@ def test_real_like_csv_keeps_aggregates_apart(spark, tmp_path):
     assert medallion.gender_comparison(silver).where(medallion.is_aggregate()).count() == 0
     top = medallion.top_countries_latest_rate(silver).collect()
     assert len(top) == 10 and not {"WORLD", "REGION"} & {r["Country_Code"] for r in top}
+
+
+def test_sending_a_grown_file_again_adds_only_the_new_row_to_silver(spark, tmp_path):
+    """The producer's ids depend on each row, not on the file: the earlier rows of a file with one row
+    appended are redeliveries, and silver (de-duplicating on event_id) grows by exactly one."""
+    from kinesis_lab.dataset import SAMPLE_PATH
+    from kinesis_lab.producer import iter_records
+
+    grown = tmp_path / "grown.csv"
+    grown.write_text(SAMPLE_PATH.read_text(encoding="utf-8")
+                     + "Nepal,NPL,Asia and the Pacific,2024,9.9,0.80,Total,5-17 years\n", encoding="utf-8")
+    first = [r.data.decode("utf-8").rstrip("\n") for r in iter_records(SAMPLE_PATH)]
+    second = [r.data.decode("utf-8").rstrip("\n") for r in iter_records(grown)]
+    assert [json.loads(a)["event_id"] for a in first] == [json.loads(b)["event_id"] for b in second[:-1]]
+    once = medallion.valid_rows(checked(spark, *first)).count()
+    both = medallion.valid_rows(checked(spark, *first, *second))
+    assert both.count() == once + 1
+    assert both.where("Year = 2024 AND Child_Labor_Rate_Percent = 9.9 AND Country = 'Nepal'").count() == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import uuid
+from collections import Counter
 
 import pytest
 
@@ -20,6 +21,7 @@ from kinesis_lab.producer import (
     iter_batches,
     iter_records,
     produce_file,
+    record_content,
     scan_file,
 )
 
@@ -48,12 +50,15 @@ def test_sample_rows_become_raw_string_records():
     with open(SAMPLE_PATH, newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))[1:]
     assert len(records) == len(rows) == 540
-    sha, lines = scan_file(SAMPLE_PATH)
+    _, lines = scan_file(SAMPLE_PATH)
     assert lines == 541
     malformed = 0
+    seen = Counter()
     for line, (record, row) in enumerate(zip(records, rows, strict=True), start=2):
         body = payload(record)
-        assert body["event_id"] == record.event_id == record.partition_key == event_id_for(sha, line)
+        content = record_content(row) if len(row) == len(COLUMNS) else record_content(raw=",".join(row))
+        seen[content] += 1
+        assert body["event_id"] == record.event_id == record.partition_key == event_id_for(content, seen[content])
         assert body["source_file"] == "child_labor_statistics_sample.csv"
         assert body["source_line"] == line and body["produced_at"] == WHEN and record.line == line
         if len(row) != len(COLUMNS):  # the sample's line with an unquoted comma: a marker record
@@ -72,9 +77,50 @@ def test_event_ids_are_deterministic(tmp_path):
     again = [r.event_id for r in iter_records(write(tmp_path, text, "b.csv"))]  # other name, other time
     changed = [r.event_id for r in records_of(write(tmp_path, text.replace("9.6", "9.7"), "c.csv"))]
     assert first == again
-    assert first[0] != first[1]  # same content, other line
-    assert set(first).isdisjoint(changed)  # other file content
+    assert first[0] != first[1]  # identical rows: both kept, each its own id
+    assert set(first).isdisjoint(changed)  # other content
     assert all(uuid.UUID(i).version == 5 for i in first)
+
+
+def test_appending_or_fixing_a_row_changes_only_that_rows_id(tmp_path):
+    rows = [GOOD, GOOD.replace("World,WORLD,Global", "Nepal,NPL,Asia"), GOOD, GOOD.replace("9.6", "N/A")]
+    before = [r.event_id for r in records_of(write(tmp_path, HEADER + "\n" + "\n".join(rows) + "\n", "a.csv"))]
+    appended = rows + [GOOD.replace("2020", "2021")]
+    after = [r.event_id for r in records_of(write(tmp_path, HEADER + "\n" + "\n".join(appended) + "\n", "b.csv"))]
+    assert after[:4] == before and after[4] not in before
+    fixed = [rows[0], rows[1], rows[2], GOOD.replace("9.6", "9.5")]
+    again = [r.event_id for r in records_of(write(tmp_path, HEADER + "\n" + "\n".join(fixed) + "\n", "c.csv"))]
+    assert again[:3] == before[:3] and again[3] not in before
+    # a blank line or a row inserted before changes nothing either: ids do not depend on line numbers
+    moved = [r.event_id for r in records_of(write(tmp_path, HEADER + "\n\n" + "\n".join(rows) + "\n", "d.csv"))]
+    assert moved == before
+
+
+def test_a_quoted_field_may_span_lines_rfc_4180(tmp_path):
+    congo = '"Congo, Democratic Republic of the\n(Kinshasa)",COD,Sub-Saharan Africa,2010,30.5,1.5,Total,5-17 years'
+    quote = '"Say ""hi""\r\n twice",SAY,Other,2011,1.0,0.1,Total,5-17 years'
+    path = write(tmp_path, f"{HEADER}\n{congo}\n{GOOD}\n{quote}\n{GOOD}\n")
+    records = records_of(path)
+    assert [(r.line, r.last_line, r.kind) for r in records] == [(2, 3, "row"), (4, 4, "row"), (5, 6, "row"),
+                                                                (7, 7, "row")]
+    assert payload(records[0])["Country"] == "Congo, Democratic Republic of the\n(Kinshasa)"
+    assert payload(records[0])["source_line"] == 2
+    assert payload(records[2])["Country"] == 'Say "hi"\n twice'
+
+
+def test_an_unclosed_quote_is_one_malformed_line_and_the_rest_is_read_as_usual(tmp_path):
+    path = write(tmp_path, f'{HEADER}\n"Open quote,XXX,Other,2010,1,1,Total,5-17 years\n{GOOD}\n\n{GOOD}\n')
+    records = records_of(path)
+    assert [(r.line, r.kind) for r in records] == [(2, "malformed"), (3, "row"), (5, "row")]
+    assert payload(records[0])["error"] == "unclosed quote"
+
+
+def test_an_unclosed_quote_gives_up_after_1_mib(tmp_path):
+    filler = "\n".join([GOOD] * (MAX_RECORD_BYTES // len(GOOD) + 10))  # over 1 MiB of good rows after it
+    path = write(tmp_path, f'{HEADER}\n"Open,XXX,Other,2010,1,1,Total,5-17 years\n{filler}\n')
+    records = records_of(path)
+    assert records[0].kind == "malformed" and records[0].line == 2
+    assert all(r.kind == "row" for r in records[1:]) and len(records) == 1 + filler.count("\n") + 1
 
 
 def test_produced_at_defaults_to_now_in_utc(tmp_path):

@@ -311,7 +311,8 @@ def test_random_failures_do_not_slow_sending_down(fake_time, rows_csv):
 def test_a_record_failing_for_good_gives_up_after_max_retry_seconds_with_the_rest_delivered(
     fake_time, rows_csv, tmp_path
 ):
-    bad = producer.event_id_for(producer.scan_file(rows_csv)[0], 100)  # line 100's partition key
+    line_of = {r.event_id: r.line for r in producer.iter_records(rows_csv)}
+    bad = next(i for i, line in line_of.items() if line == 100)  # line 100's partition key
     client = FakeKinesis(fake_time, always_failing={bad})
     ids_path = tmp_path / "ids.txt"
     with pytest.raises(DeliveryError) as err:
@@ -331,8 +332,6 @@ def test_a_record_failing_for_good_gives_up_after_max_retry_seconds_with_the_res
     )
     assert error.result.records_sent == len(client.stored) == error.result.csv_rows
     assert bad not in client.stored and len(set(client.stored)) == len(client.stored)
-    sha = producer.scan_file(rows_csv)[0]
-    line_of = {producer.event_id_for(sha, line): line for line in range(2, 6002)}
     assert ids_path.read_text().splitlines() == sorted(client.stored, key=line_of.get)  # in line order
 
 

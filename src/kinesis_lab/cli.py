@@ -131,15 +131,28 @@ def cmd_produce(args) -> int:
 
     cfg = load_config(target=args.target, stream_name=args.stream)
     session = aws.connect(cfg, start_stack=False)
-    result = producer.produce_file(
-        args.dataset,
-        stream_name=cfg.stream_name,
-        kinesis=session.client("kinesis"),
-        simulated_failure_rate=args.simulated_failure_rate,
-        progress=not args.json,
-    )
-    out = result.as_dict()
-    print(json.dumps(out, indent=2) if args.json else "\n".join(f"{k:22} {v}" for k, v in out.items()))
+
+    def show(result: producer.ProduceResult) -> None:
+        out = result.as_dict()
+        print(json.dumps(out, indent=2) if args.json else "\n".join(f"{k:22} {v}" for k, v in out.items()))
+
+    try:
+        result = producer.produce_file(
+            args.dataset,
+            stream_name=cfg.stream_name,
+            kinesis=session.client("kinesis"),
+            simulated_failure_rate=args.simulated_failure_rate,
+            progress=not args.json,
+        )
+    except (producer.HeaderError, FileNotFoundError) as exc:
+        print(f"kinesis-lab: error: {exc} (nothing was sent)", file=sys.stderr)
+        return 1
+    except (producer.DeliveryError, producer.SendInterrupted) as exc:
+        show(exc.result)  # what was sent before it stopped
+        print(f"kinesis-lab: error: {str(exc).rstrip('.')}. Records already sent stay in the stream; sending the file again is "
+              "safe (silver keeps each event_id once).", file=sys.stderr)
+        return 1
+    show(result)
     return 0
 
 

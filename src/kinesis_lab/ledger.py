@@ -2,8 +2,8 @@
 
 Hops, in order: the CSV itself, the Kinesis stream (every shard read from TRIM_HORIZON), the S3 landing
 prefix (what Firehose wrote), the bronze table, and silver (``silver_events`` or ``silver_quarantine``).
-The producer's event ids are deterministic (sha256 of the file + line number), so they are recomputed
-from the CSV here: nothing from the producing run is needed.
+The producer's event ids are deterministic (a row's content and its occurrence among identical rows), so
+they are recomputed from the CSV here: nothing from the producing run is needed.
 
 A line ends in silver, in quarantine (with the rules it broke), or is **missing**: absent from the
 last hop that was checked, and then "missing at" the first hop from which it is absent for good. A
@@ -35,6 +35,9 @@ HOP_TITLES = {
     "silver": "silver + quarantine",
 }
 BLANK = "blank line (nothing to send)"
+CONTINUATION = "continuation"  # a further line of a record whose quoted field spans lines
+CONTINUED = "part of the record above (a quoted field spans lines)"
+NOT_SENT = ("blank", CONTINUATION)  # lines with no record of their own
 _STREAM_GONE = {"ResourceNotFoundException"}
 _BUCKET_GONE = {"NoSuchBucket", "404"}
 _READ_RETRY = {"ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException"}
@@ -58,7 +61,7 @@ class HopData:
 class LineFate:
     line: int
     event_id: str
-    kind: str  # "row", "malformed", "oversize" (what the producer sent) or "blank"
+    kind: str  # "row", "malformed", "oversize" (what the producer sent), "blank" or "continuation"
     # hop -> copies there (None: hop not checked); "silver" counts silver + quarantine
     counts: dict[str, int | None]
     in_silver: int = 0
@@ -70,6 +73,8 @@ class LineFate:
     def fate(self) -> str:
         if self.kind == "blank":
             return BLANK
+        if self.kind == CONTINUATION:
+            return CONTINUED
         if self.missing_at:
             return f"missing at {self.missing_at}"
         if self.in_silver and self.in_quarantine:
@@ -97,8 +102,8 @@ class Ledger:
     # --- the figures -------------------------------------------------------------------------------
     @property
     def sent(self) -> list[LineFate]:
-        """Lines the producer sends a record for (every line but blank ones)."""
-        return [f for f in self.lines if f.kind != "blank"]
+        """Lines the producer sends a record for (every line but blank and continuation ones)."""
+        return [f for f in self.lines if f.kind not in NOT_SENT]
 
     @property
     def missing(self) -> list[LineFate]:
@@ -362,19 +367,21 @@ def read_tables(build_dir: str | Path, database: str | None = None) -> tuple[Hop
 
 # --- building it -------------------------------------------------------------------------------------
 def csv_lines(csv_path: str | Path) -> tuple[str, str, list[tuple[int, str, str]]]:
-    """(file name, sha256, [(line, event_id, kind)] for every data line, blank ones included)."""
-    from kinesis_lab.producer import RecordReader, event_id_for
+    """(file name, sha256, [(line, event_id, kind)] for every data line): a record's first line carries its
+    event id; the other lines of a record whose quoted field spans lines are "continuation" lines with the
+    same id; blank lines get a placeholder id ``blank-<line>`` (nothing is sent for them)."""
+    from kinesis_lab.producer import RecordReader
 
     reader = RecordReader(csv_path)  # HeaderError for a header without the course's columns
     lines: list[tuple[int, str, str]] = []
     expected = 2
     for record in reader:
-        lines += [(n, event_id_for(reader.file_sha256, n), "blank") for n in range(expected, record.line)]
+        lines += [(n, f"blank-{n}", "blank") for n in range(expected, record.line)]
         lines.append((record.line, record.event_id, record.kind))
-        expected = record.line + 1
-    lines += [
-        (n, event_id_for(reader.file_sha256, n), "blank") for n in range(expected, reader.total_lines + 1)
-    ]
+        last = record.last_line or record.line
+        lines += [(n, record.event_id, CONTINUATION) for n in range(record.line + 1, last + 1)]
+        expected = last + 1
+    lines += [(n, f"blank-{n}", "blank") for n in range(expected, reader.total_lines + 1)]
     return reader.source_file, reader.file_sha256, lines
 
 
@@ -394,8 +401,9 @@ def assemble(
     checked = [h for h in HOPS[1:] if hops[h].checked]
     fates, trimmed = [], 0
     for line, event_id, kind in lines:
-        hops["csv"].ids[event_id] += kind != "blank"
-        counts: dict[str, int | None] = {"csv": int(kind != "blank")}
+        sent = kind not in NOT_SENT
+        hops["csv"].ids[event_id] += sent
+        counts: dict[str, int | None] = {"csv": int(sent)}
         for hop in HOPS[1:]:
             counts[hop] = hops[hop].ids.get(event_id, 0) if hops[hop].checked else None
         rules = tuple(sorted({r for row in quarantined.get(event_id, []) for r in row}))
@@ -404,11 +412,11 @@ def assemble(
             event_id,
             kind,
             counts,
-            in_silver.get(event_id, 0),
-            len(quarantined.get(event_id, [])),
-            rules,
+            in_silver.get(event_id, 0) if sent else 0,
+            len(quarantined.get(event_id, [])) if sent else 0,
+            rules if sent else (),
         )
-        if kind != "blank" and checked:
+        if sent and checked:
             present = [h for h in checked if counts[h]]
             if not counts[checked[-1]]:
                 # where it dropped out for good: the first checked hop after the last one holding it

@@ -5,8 +5,10 @@ per batch, random partition keys, failed entries never resent):
 
 - streams the file (binary, line by line): memory stays flat whatever the file size;
 - every value is sent as the raw CSV text; typing is the silver layer's job;
-- ``event_id`` = uuid5 over (sha256 of the file, line number): rerunning the same file gives the same
-  ids, so downstream can drop repeats; it is also the partition key (spreads over shards);
+- ``event_id`` = uuid5 over (the row's content, its occurrence among identical rows before it): sending
+  the same rows again gives the same ids, so downstream drops repeats; appending or fixing a row
+  changes only that row's id; identical rows (the dataset has them) keep distinct ids. It is also the
+  partition key (spreads over shards);
 - a line that cannot be parsed is not skipped: it travels as a marker record
   (``"malformed": true``, ``error``, ``raw_line``) and ends in quarantine downstream;
 - batches respect the PutRecords limits (500 records, 5 MiB with partition keys, 1 MiB per record);
@@ -17,8 +19,10 @@ per batch, random partition keys, failed entries never resent):
   throttled) is followed by an exponential backoff with full jitter; once throttling shows up, the
   send rate adapts to what the stream accepts (``_SendRate``), so its capacity is used, not wasted.
 
-One CSV record per physical line: the dataset has no multi-line fields, and a quote left open at the
-end of a line marks that line malformed instead of swallowing the rest of the file.
+CSV as RFC 4180 has it: a quoted field may hold commas, quotes ("") and line breaks, so one record may
+span several physical lines (its ``source_line`` is the first). A quote that is still open after 1 MiB
+or at the end of the file makes its first line a malformed marker, and reading goes on with the next
+line: the rest of the file is read as if that line were not there.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from botocore.awsrequest import AWSResponse
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
 from kinesis_lab.dataset import COLUMNS, header_problems
 from kinesis_lab.progress import progress_bar
@@ -76,6 +81,15 @@ class RecordTooLargeError(ValueError):
     """A record over the 1 MiB PutRecords limit reached the batcher."""
 
 
+class SendInterrupted(RuntimeError):
+    """Sending stopped on an error that resending cannot fix (the stream is missing, access is denied,
+    the endpoint stays unreachable after botocore's own retries). ``result`` holds the counts so far."""
+
+    def __init__(self, message: str, result: ProduceResult):
+        super().__init__(message)
+        self.result = result
+
+
 class DeliveryError(RuntimeError):
     """Some records could not be delivered within ``max_retry_seconds``. ``result`` holds the counts
     up to the failure; ``undelivered_lines`` the source lines of the records left over."""
@@ -95,6 +109,7 @@ class Record:
     event_id: str
     line: int
     kind: str = "row"
+    last_line: int = 0  # the record's last physical line when a quoted field spans lines; 0: ``line``
 
     @property
     def malformed(self) -> bool:
@@ -143,9 +158,64 @@ def scan_file(path: str | Path) -> tuple[str, int]:
     return digest.hexdigest(), lines
 
 
-def event_id_for(file_sha256: str, line: int) -> str:
-    """The deterministic id of the record made from ``line`` of the file with that content."""
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{file_sha256}:{line}"))
+def event_id_for(content: str, occurrence: int = 1) -> str:
+    """The id of a record: its content (``record_content``) and which of the identical records before it
+    in the file it is (1: the first). Nothing else in the file changes it."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{occurrence}:{content}"))
+
+
+def record_content(fields: list[str] | None = None, raw: str | None = None) -> str:
+    """What an id is made of: a row's 8 fields in the course's column order, or a bad line's text."""
+    return json.dumps(fields, ensure_ascii=False) if fields is not None else f"raw:{raw}"
+
+
+class _Occurrences:
+    """Counts identical records as they are read, by a 64-bit hash of their content (memory: one small int
+    per distinct record). Two different records sharing a hash would only number the second "2": its id,
+    made from its own content, stays distinct."""
+
+    def __init__(self):
+        self._seen: dict[int, int] = {}
+
+    def next(self, content: str) -> int:
+        key = hash(content)  # the same within one pass over the file, which is all that is counted
+        occurrence = self._seen.get(key, 0) + 1
+        self._seen[key] = occurrence
+        return occurrence
+
+
+OPEN_QUOTE = "unexpected end of data"  # what the csv module says about a quote still open
+
+
+def _read_quoted_record(text: str, fh) -> tuple[list[str] | None, str, str, int]:
+    """Parse a line that has quotes. A quoted field still open at the end of the line goes on on the next
+    physical lines (RFC 4180): they are joined with "\\n" until the quote closes. Returns (fields, error,
+    the record's text, lines joined). Lines are joined only into a record of the course's 8 fields: a quote
+    still open after 1 MiB or at the end of the file, or closed into anything else, is the error "unclosed
+    quote", with ``fh`` back right after the first line, so the next lines are read anew."""
+    try:
+        return next(csv.reader([text], strict=True)), "", text, 0
+    except csv.Error as exc:
+        if OPEN_QUOTE not in str(exc):
+            return None, f"CSV syntax: {exc}", text, 0
+    after_first, parts, size = fh.tell(), [text], len(text)
+    while (raw := fh.readline(MAX_RECORD_BYTES + 1)) and (size := size + len(raw)) <= MAX_RECORD_BYTES:
+        try:
+            parts.append(raw.rstrip(b"\r\n").decode("utf-8"))
+        except UnicodeDecodeError:
+            break
+        joined = "\n".join(parts)
+        try:
+            fields = next(csv.reader([joined], strict=True))
+        except csv.Error as exc:
+            if OPEN_QUOTE not in str(exc):
+                break
+            continue
+        if len(fields) != len(COLUMNS):  # not a record spanning lines: a stray quote met another one
+            break
+        return fields, "", joined, len(parts) - 1
+    fh.seek(after_first)
+    return None, "unclosed quote", text, 0  # not closed within 1 MiB, nor before the end of the file
 
 
 class RecordReader:
@@ -200,12 +270,12 @@ class RecordReader:
         order = [self.columns.index(c) for c in COLUMNS]
         now = (lambda: self._fixed_time) if self._fixed_time else _clock()
         source_file = self.source_file
-        # uuid5 = sha1(namespace bytes + name); hash the constant prefix once
-        id_prefix = hashlib.sha1(EVENT_NAMESPACE.bytes + f"{self.file_sha256}:".encode())
+        occurrences = _Occurrences()
+        namespace = hashlib.sha1(EVENT_NAMESPACE.bytes)
 
-        def make_id(line: int) -> str:  # == str(uuid.uuid5(EVENT_NAMESPACE, f"{sha}:{line}")), faster
-            h = id_prefix.copy()
-            h.update(b"%d" % line)
+        def make_id(content: str) -> str:  # == event_id_for(content, occurrence), faster
+            h = namespace.copy()
+            h.update(f"{occurrences.next(content)}:{content}".encode())
             d = h.digest()
             x = f"{d[:6].hex()}{0x50 | (d[6] & 0x0F):02x}{d[7]:02x}{0x80 | (d[8] & 0x3F):02x}{d[9:16].hex()}"
             return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
@@ -217,7 +287,8 @@ class RecordReader:
                '"source_line":%d', '"produced_at":%s']
         ) + "}\n"
 
-        def marker(line: int, event_id: str, error: str, raw_line: str, kind: str = "malformed") -> Record:
+        def marker(line: int, error: str, raw_line: str, kind: str = "malformed") -> Record:
+            event_id = make_id(record_content(raw=raw_line))
             obj = {"event_id": event_id, "source_file": source_file, "source_line": line, "produced_at": now(),
                    "malformed": True, "error": error, "raw_line": raw_line}
             data = _dump(obj)
@@ -232,45 +303,46 @@ class RecordReader:
             fh.seek(self._header_bytes)  # past the header, checked in __init__
             while raw := fh.readline(MAX_RECORD_BYTES + 1):
                 line += 1
-                event_id = make_id(line)
                 if len(raw) > MAX_RECORD_BYTES:  # never hold more than ~1 MiB of one line
                     start = raw[:RAW_LINE_KEEP_CHARS].decode("utf-8", "replace")
                     total = len(raw.rstrip(b"\r\n"))
                     while not raw.endswith(b"\n") and (raw := fh.readline(READ_CHUNK)):
                         total += len(raw.rstrip(b"\r\n"))
-                    yield marker(line, event_id, f"record over 1 MiB (line of {total} bytes)", start, "oversize")
+                    yield marker(line, f"record over 1 MiB (line of {total} bytes)", start, "oversize")
                     continue
                 raw = raw.rstrip(b"\r\n")
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    yield marker(line, event_id, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1})",
+                    yield marker(line, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1})",
                                  raw.decode("utf-8", "replace"))
                     continue
                 if not text.strip():
                     self.blank_lines += 1
                     continue
+                first_line = line
                 if '"' not in text and "\r" not in text:
                     fields = text.split(",")  # no quoting on this line: same result as the csv module
                 else:
-                    try:
-                        fields = next(csv.reader([text], strict=True))
-                    except csv.Error as exc:
-                        reason = "unclosed quote" if "unexpected end of data" in str(exc) else f"CSV syntax: {exc}"
-                        yield marker(line, event_id, reason, text)
+                    fields, error, text, more = _read_quoted_record(text, fh)
+                    if error:
+                        yield marker(line, error, text)
                         continue
+                    line += more  # a quoted field spanned lines: ``text`` is them joined by "\n"
                 if len(fields) != ncols:
                     kind = "too many" if len(fields) > ncols else "too few"
-                    yield marker(line, event_id, f"{kind} fields ({len(fields)}, expected {ncols})", text)
+                    yield marker(first_line, f"{kind} fields ({len(fields)}, expected {ncols})", text)
                     continue
                 if not in_order:
                     fields = [fields[i] for i in order]
-                data = (template % (*map(_json_text, fields), event_id, line, _json_text(now()))).encode("utf-8")
+                encoded = list(map(_json_text, fields))
+                event_id = make_id("[" + ", ".join(encoded) + "]")  # == record_content(fields)
+                data = (template % (*encoded, event_id, first_line, _json_text(now()))).encode("utf-8")
                 if len(data) + len(event_id) > MAX_RECORD_BYTES:
-                    yield marker(line, event_id, f"record over 1 MiB ({len(data) + len(event_id)} bytes)",
+                    yield marker(first_line, f"record over 1 MiB ({len(data) + len(event_id)} bytes)",
                                  text[:RAW_LINE_KEEP_CHARS], "oversize")
                     continue
-                yield Record(data, event_id, event_id, line)
+                yield Record(data, event_id, event_id, first_line, last_line=line)
 
 
 def iter_records(path: str | Path, *, produced_at: datetime | str | None = None) -> Iterator[Record]:
@@ -808,9 +880,15 @@ def produce_file(
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
                 if code not in RETRYABLE_CALL_ERRORS:
-                    raise
+                    commit(ids_file, bar, final=True)
+                    message = exc.response.get("Error", {}).get("Message", "")
+                    raise SendInterrupted(f"Kinesis refused PutRecords on stream '{stream_name}': {code}: {message}",
+                                          finish()) from exc
                 result.failed_calls += 1
                 failed, last_error = call, code
+            except (BotocoreConnectionError, HTTPClientError) as exc:
+                commit(ids_file, bar, final=True)
+                raise SendInterrupted(f"the connection to Kinesis failed and stayed down ({exc})", finish()) from exc
             else:
                 for e, answer in zip(call, response["Records"], strict=True):
                     if "ErrorCode" in answer:

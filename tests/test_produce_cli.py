@@ -1,0 +1,75 @@
+"""`kinesis-lab produce` ends every failure in one line of what went wrong and what to do, exit 1, and the
+figures of what was sent before it stopped — never a traceback."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from kinesis_lab import stack
+from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH
+from kinesis_lab.producer import SendInterrupted, produce_file
+
+pytestmark = pytest.mark.stack
+CLI = [sys.executable, "-m", "kinesis_lab.cli"]
+
+
+@pytest.fixture(scope="module")
+def lab_env(tmp_path_factory):
+    state_dir = tmp_path_factory.mktemp("produce-cli") / "state"
+    stack.up(state_dir, "us-east-1")
+    env = {**os.environ, "LAB_STATE_DIR": str(state_dir), "LAB_TARGET": "local"}
+    env.pop("AWS_ENDPOINT_URL", None)
+    yield env
+    stack.down(state_dir)
+
+
+def produce(env, *args):
+    return subprocess.run([*CLI, "produce", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_a_wrong_header_is_one_line_and_nothing_is_sent(lab_env, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Country,Year\nNepal,2010\n", encoding="utf-8")
+    done = produce(lab_env, "--dataset", str(bad))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith("kinesis-lab: error: bad.csv: the header does not match the course's columns: ")
+    assert done.stderr.strip().endswith("(nothing was sent)")
+
+
+def test_a_missing_file_is_one_line(lab_env, tmp_path):
+    done = produce(lab_env, "--dataset", str(tmp_path / "nope.csv"))
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"kinesis-lab: error: CSV file not found: {tmp_path / 'nope.csv'} (nothing was sent)"
+
+
+def test_a_missing_stream_says_so_with_the_figures(lab_env):
+    done = produce(lab_env, "--dataset", str(SAMPLE_PATH), "--stream", "no-such-stream")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]  # after the progress bar
+    assert last.startswith(
+        "kinesis-lab: error: Kinesis refused PutRecords on stream 'no-such-stream': ResourceNotFoundException: ")
+    assert last.endswith("sending the file again is safe (silver keeps each event_id once).") and ".." not in last
+    figures = dict(line.split(None, 1) for line in done.stdout.splitlines() if line.strip())
+    assert figures["records_sent"] == "0" and figures["stream_name"] == "no-such-stream"
+
+
+def test_a_connection_that_stays_down_stops_with_what_was_sent(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kinesis = boto3.client("kinesis", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}",
+                           aws_access_key_id="x", aws_secret_access_key="x",
+                           config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2))
+    path = tmp_path / "rows.csv"
+    path.write_text(",".join(COLUMNS) + "\nNepal,NPL,Asia,2010,20.5,1.5,Total,5-17 years\n", encoding="utf-8")
+    with pytest.raises(SendInterrupted) as err:
+        produce_file(path, stream_name="s", kinesis=kinesis, progress=False)
+    assert str(err.value).startswith("the connection to Kinesis failed and stayed down (")
+    assert err.value.result.records_sent == 0 and err.value.result.source_file == "rows.csv"
