@@ -9,6 +9,8 @@ the ledger of its own CSV.
 
 from __future__ import annotations
 
+import csv
+import io
 import ipaddress
 import os
 import signal
@@ -25,7 +27,7 @@ from botocore.exceptions import ReadTimeoutError
 
 from kinesis_lab import local_pipeline as lp
 from kinesis_lab import stack
-from kinesis_lab.dataset import SAMPLE_PATH, generate_synthetic_sample
+from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH, generate_synthetic_sample
 from kinesis_lab.firehose_config import build_delivery_stream_request, create_delivery_stream
 from kinesis_lab.landing import read_landing, wait_for_landing
 from kinesis_lab.ledger import build_ledger
@@ -155,9 +157,23 @@ def lab(tmp_path_factory):
 
 
 def make_csv(lab: Lab, name: str, rows: int, seed: int) -> Path:
+    """A dirty synthetic CSV whose rows are this scenario's own: event ids come from a row's content, so
+    rows shared with another scenario's file (the sample's dirty rows, say) would be the same events."""
     path = generate_synthetic_sample(
         lab.state_dir.parent / "csv" / f"{name}.csv", rows=rows, seed=seed, dirty=True
     )
+    header, *lines = path.read_text(encoding="utf-8").splitlines()
+    tagged = []
+    for line in lines:
+        fields = next(csv.reader([line]))
+        if len(fields) == len(COLUMNS):
+            fields[0] = f"{fields[0]} ({name})"
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="").writerow(fields)
+            tagged.append(buffer.getvalue())
+        else:  # the malformed line stays malformed
+            tagged.append(f"{name} {line}")
+    path.write_text("\n".join([header, *tagged]) + "\n", encoding="utf-8")
     lab.files[name] = path
     return path
 
