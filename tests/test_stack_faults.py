@@ -32,6 +32,7 @@ from kinesis_lab import aws, procs, stack
 from kinesis_lab import local_pipeline as lp
 from kinesis_lab.config import load_config
 from kinesis_lab.moto_server import HEALTH_PATH
+from kinesis_lab.summary import update_summary
 
 pytestmark = pytest.mark.stack
 REGION = "us-east-1"
@@ -386,6 +387,13 @@ def test_a_build_folder_under_a_file_is_a_one_line_message(tmp_path, aws_clients
     message = one_line_error(lambda: lp.run_pipeline(REPO / "databricks" / "pipeline", source_path=tmp_path,
                                                      build_dir=writable, echo=None))  # fmt: skip
     assert message.startswith(f"cannot write to the build folder {writable} (Is a directory): ")
+    message = one_line_error(lambda: update_summary(build, bronze_rows=1))  # what notebooks 04-09 write
+    assert message.startswith(f"cannot write to the build folder {build} (Not a directory): ")
+    demo = run_cli("demo", env_extra={"LAB_BUILD_DIR": str(build), "LAB_STATE_DIR": str(tmp_path / "state")})
+    assert demo.returncode == 2 and demo.stderr.splitlines() == [
+        f"kinesis-lab: error: cannot write to the build folder {build} (Not a directory): "
+        "make it writable, or set LAB_BUILD_DIR to a folder you can write to"
+    ]
     aws_clients("s3").create_bucket(Bucket="unwritable-mirror")
     mirror = lp.external_location_dir(build)
     message = one_line_error(lambda: lp.mirror_s3_prefix(aws_clients("s3"), "unwritable-mirror", "bronze/", mirror))

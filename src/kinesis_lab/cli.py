@@ -9,6 +9,7 @@ import sys
 from kinesis_lab import doctor, stack
 from kinesis_lab.aws import CostOptInRequired
 from kinesis_lab.config import ConfigError, load_config
+from kinesis_lab.local_pipeline import BuildFolderError
 
 
 class CliError(Exception):
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ConfigError, stack.StackError, CostOptInRequired) as exc:
+    except (CliError, ConfigError, stack.StackError, CostOptInRequired, BuildFolderError) as exc:
         print(f"kinesis-lab: error: {exc}", file=sys.stderr)
         return 2
 

@@ -65,6 +65,10 @@ class PipelineError(RuntimeError):
     """The local pipeline run failed; the message carries the end of its log."""
 
 
+class BuildFolderError(PipelineError):
+    """The build folder (or a folder in it) cannot be written: a one-line message naming it."""
+
+
 # --- the "external location": a local mirror of the Firehose prefix ---------------------------------
 @dataclass(frozen=True)
 class MirrorResult:
@@ -90,8 +94,8 @@ def static_prefix(prefix: str) -> str:
 
 
 def writable_folder(folder: str | Path, name: str | Path | None = None) -> Path:
-    """Create ``folder`` if needed and check a file can be written in it; else a one-line
-    PipelineError naming ``name`` (default: the folder)."""
+    """Create ``folder`` if needed and check a file can be written in it; else BuildFolderError
+    naming ``name`` (default: the folder)."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -102,8 +106,8 @@ def writable_folder(folder: str | Path, name: str | Path | None = None) -> Path:
     return folder
 
 
-def _unwritable(folder: str | Path, exc: OSError) -> PipelineError:
-    return PipelineError(
+def _unwritable(folder: str | Path, exc: OSError) -> BuildFolderError:
+    return BuildFolderError(
         f"cannot write to the build folder {folder} ({exc.strerror or type(exc).__name__}): "
         "make it writable, or set LAB_BUILD_DIR to a folder you can write to"
     )
