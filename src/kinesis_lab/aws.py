@@ -77,13 +77,11 @@ def use_local_stack(cfg: LabConfig, start: bool = True) -> str:
     the stack's state each time, so a kernel follows a stack restarted elsewhere; warns
     (LocalStateLost) when the stack's moto is not the one this process used before, or had died and
     was just replaced. Returns the endpoint."""
-    st = stack.status(cfg.state_dir)
+    state = stack.read_state(cfg.state_dir) if stack.status(cfg.state_dir)["up"] else None
     started: tuple[str, ...] = ()
-    if st["up"]:
-        state = stack.read_state(cfg.state_dir)
-    elif not start:
-        raise stack.StackError("the local stack is not running: start it with `kinesis-lab up` (or run notebook 00)")
-    else:
+    if state is None:
+        if not start:
+            raise stack.StackError("the local stack is not running: start it with `kinesis-lab up` (or run notebook 00)")
         state, started = stack.up(cfg.state_dir, cfg.region)
     key = str(cfg.state_dir.resolve())
     before = _stack_seen.get(key)

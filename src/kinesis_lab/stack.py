@@ -10,6 +10,7 @@ the state file is gone. ``up``/``down`` hold a lock in the state folder, one at 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -208,15 +209,21 @@ def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
         )
 
 
+@contextlib.contextmanager
 def lifecycle_lock(state_dir: Path):
     """One `up` / `down` at a time per state folder (else two could start, or orphan, processes)."""
-    try:
-        Path(state_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StackError(f"cannot write to the state folder {state_dir} ({exc.strerror or exc}): "
-                         "make it writable or set LAB_STATE_DIR to another folder") from None
-    return procs.file_lock(Path(state_dir) / "stack.lock", LOCK_TIMEOUT,
-                           f"another `kinesis-lab up` or `down` holds {state_dir} (waited {LOCK_TIMEOUT:.0f} s)")
+    with contextlib.ExitStack() as held:
+        try:
+            Path(state_dir).mkdir(parents=True, exist_ok=True)
+            held.enter_context(procs.file_lock(
+                Path(state_dir) / "stack.lock", LOCK_TIMEOUT,
+                f"another `kinesis-lab up` or `down` holds {state_dir} (waited {LOCK_TIMEOUT:.0f} s): try again"))
+        except TimeoutError as exc:
+            raise StackError(str(exc)) from None
+        except OSError as exc:
+            raise StackError(f"cannot write to the state folder {state_dir} ({exc.strerror or exc}): "
+                             "make it writable or set LAB_STATE_DIR to another folder") from None
+        yield
 
 
 def _start_moto(state_dir: Path, port: int, region: str, timeout: float) -> tuple[int, str]:
@@ -270,10 +277,7 @@ def up(state_dir: Path, region: str, port: int | None = None, timeout: float = 3
     what was lost. Raises StackError if moto runs but does not answer."""
     state_dir = Path(state_dir).resolve()
     with lifecycle_lock(state_dir):
-        try:
-            return _up_locked(state_dir, region, port, timeout)
-        except TimeoutError as exc:
-            raise StackError(str(exc)) from None
+        return _up_locked(state_dir, region, port, timeout)
 
 
 def _up_locked(state_dir: Path, region: str, port: int | None, timeout: float) -> tuple[StackState, tuple[str, ...]]:
