@@ -105,7 +105,7 @@ def test_pids_of_other_programs_are_never_signalled(state_dir, own_processes):
         [sys.executable, "-c", "import time; time.sleep(600)", stack.FIREHOSE_MODULE,
          f"--state-dir={state_dir.parent / 'other-state' / 'firehose'}"]
     )  # fmt: skip
-    wait_until(lambda: procs.start_time(lookalike.pid), 10, "the look-alike to start")
+    wait_until(lambda: procs.command_line(lookalike.pid), 10, "the look-alike to start")  # empty while it execs
     stale = {
         "port": stack.free_port(), "moto_pid": sleeper.pid, "firehose_pid": lookalike.pid, "region": REGION,
         "stack_id": "before-the-reboot",
@@ -155,7 +155,8 @@ def test_a_recorded_start_time_that_differs_is_not_the_same_process(tmp_path, ow
     signature = procs.Signature.of("kinesis_lab.moto_server", "--state-dir", tmp_path)
     proc = own_processes([sys.executable, "-c", "import time; time.sleep(600)", "kinesis_lab.moto_server",
                           "--state-dir", str(tmp_path)])  # fmt: skip
-    started = wait_until(lambda: procs.start_time(proc.pid), 10, "the process to start")
+    wait_until(lambda: procs.command_line(proc.pid), 10, "the process to start")  # empty while it execs
+    started = procs.start_time(proc.pid)
     assert procs.is_ours(proc.pid, signature, started)
     assert not procs.is_ours(proc.pid, signature, str(int(started) - 1))  # same pid, another process
     assert not procs.send(proc.pid, signature, signal.SIGTERM, str(int(started) - 1))
@@ -165,6 +166,26 @@ def test_a_recorded_start_time_that_differs_is_not_the_same_process(tmp_path, ow
     assert procs.find(signature) == [proc.pid]
     assert procs.stop([(proc.pid, signature, started)]) == [proc.pid]
     assert proc.wait(timeout=10) == -signal.SIGTERM
+
+
+def test_without_proc_the_ps_fallback_checks_the_same_way(tmp_path, own_processes, monkeypatch):
+    """macOS has no /proc: command lines and start times come from ps (arguments joined by spaces)."""
+    folder = tmp_path / "state dir with spaces"
+    signature = procs.Signature.of("kinesis_lab.moto_server", "--state-dir", folder)
+    mine = own_processes([sys.executable, "-c", "import time; time.sleep(600)", "kinesis_lab.moto_server",
+                          f"--state-dir={folder}"])  # fmt: skip
+    near_miss = own_processes([sys.executable, "-c", "import time; time.sleep(600)", "kinesis_lab.moto_server",
+                               f"--state-dir={folder}-2"])  # fmt: skip
+    wait_until(lambda: procs.find(signature) == [mine.pid], 10, "the process to be found through /proc")
+    monkeypatch.setattr(procs, "_has_proc", lambda: False)
+    assert procs.command_line(mine.pid).endswith(f"kinesis_lab.moto_server --state-dir={folder}")
+    started = procs.start_time(mine.pid)
+    assert started and not started.isdigit()  # ps's lstart, e.g. "Sun Nov 29 17:56:49 2026"
+    assert procs.find(signature) == [mine.pid]
+    assert procs.is_ours(mine.pid, signature, started) and not procs.is_ours(near_miss.pid, signature)
+    assert procs.stop([(near_miss.pid, signature, None)]) == []
+    assert procs.stop([(mine.pid, signature, started)]) == [mine.pid]
+    assert mine.wait(timeout=10) == -signal.SIGTERM and near_miss.poll() is None
 
 
 def test_down_stops_the_labs_processes_when_the_state_file_is_gone(state_dir):
