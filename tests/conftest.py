@@ -16,9 +16,15 @@ REGION = "us-east-1"
 
 
 @pytest.fixture(scope="session")
-def local_stack(tmp_path_factory):
+def local_stack_dir(tmp_path_factory):
+    """The state folder of the session's local stack."""
+    return tmp_path_factory.mktemp("lab-state")
+
+
+@pytest.fixture(scope="session")
+def local_stack(local_stack_dir):
     """A running local stack: yields its StackState; boto3 in this process reaches it."""
-    state_dir = tmp_path_factory.mktemp("lab-state")
+    state_dir = local_stack_dir
     state, _ = stack.up(state_dir, REGION)
     saved = {k: os.environ.get(k) for k in stack.local_env(state.endpoint, REGION)}
     os.environ.update(stack.local_env(state.endpoint, REGION))

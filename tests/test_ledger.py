@@ -179,12 +179,9 @@ def test_ledger_reads_every_shard_and_names_the_lost_line(produced, tmp_path):
 
 
 @pytest.fixture
-def lab_env(local_stack, tmp_path, monkeypatch):
-    """LAB_STATE_DIR / LAB_BUILD_DIR for run_reconcile: a state folder naming the session's stack."""
-    state_dir = tmp_path / "state"
-    state_dir.mkdir()
-    (state_dir / "stack.json").write_text(json.dumps(local_stack.__dict__))
-    monkeypatch.setenv("LAB_STATE_DIR", str(state_dir))
+def lab_env(local_stack, local_stack_dir, tmp_path, monkeypatch):
+    """LAB_STATE_DIR / LAB_BUILD_DIR for run_reconcile: the session stack's state folder, a new build folder."""
+    monkeypatch.setenv("LAB_STATE_DIR", str(local_stack_dir))
     monkeypatch.setenv("LAB_BUILD_DIR", str(tmp_path / "build"))
     monkeypatch.delenv("LAB_TARGET", raising=False)
     return tmp_path / "build"

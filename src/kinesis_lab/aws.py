@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import boto3
@@ -64,18 +65,37 @@ def _forget_local_endpoint() -> None:
                 os.environ.pop(key, None)
 
 
+class LocalStateLost(UserWarning):
+    """The local AWS state (buckets, streams, roles, records) this work relied on is gone."""
+
+
+_stack_seen: dict[str, str] = {}  # state folder -> id of the local stack this process last connected to
+
+
 def use_local_stack(cfg: LabConfig, start: bool = True) -> str:
-    """Point this process's boto3 at the local stack (starting it if asked). Returns the endpoint."""
-    st = stack.status(cfg.state_dir)
-    if not st["up"]:
+    """Point this process's boto3 at the local stack (starting what does not run, if asked). Reads
+    the stack's state each time, so a kernel follows a stack restarted elsewhere; warns
+    (LocalStateLost) when the stack's moto is not the one this process used before, or had died and
+    was just replaced. Returns the endpoint."""
+    state = stack.read_state(cfg.state_dir) if stack.status(cfg.state_dir)["up"] else None
+    started: tuple[str, ...] = ()
+    if state is None:
         if not start:
             raise stack.StackError("the local stack is not running: start it with `kinesis-lab up` (or run notebook 00)")
-        state, _ = stack.up(cfg.state_dir, cfg.region)
-        endpoint = state.endpoint
+        state, started = stack.up(cfg.state_dir, cfg.region)
+    key = str(cfg.state_dir.resolve())
+    before = _stack_seen.get(key)
+    if "moto" in started and state.lost:
+        lost = state.lost
+    elif before and before != state.stack_id:
+        lost = f"{stack.STATE_LOST} (this process used a local stack that stopped since; a new one runs at {state.endpoint})"
     else:
-        endpoint = st["endpoint"]
-    os.environ.update(stack.local_env(endpoint, cfg.region))
-    return endpoint
+        lost = None
+    if lost:
+        warnings.warn(LocalStateLost(lost), stacklevel=3)
+    _stack_seen[key] = state.stack_id
+    os.environ.update(stack.local_env(state.endpoint, cfg.region))
+    return state.endpoint
 
 
 def connect(cfg: LabConfig, start_stack: bool = True, confirm_aws_costs: bool | None = None) -> LabSession:

@@ -13,6 +13,7 @@ from pathlib import Path
 from kinesis_lab import doctor, stack
 from kinesis_lab.aws import CostOptInRequired
 from kinesis_lab.config import ConfigError, load_config
+from kinesis_lab.local_pipeline import BuildFolderError
 
 
 class CliError(Exception):
@@ -23,25 +24,31 @@ def _cfg(args):
     return load_config(target=getattr(args, "target", None))
 
 
+def _local_cfg(args, what: str):
+    cfg = _cfg(args)
+    if not cfg.is_local:
+        raise CliError(f"`{what}` is about the local stack; target is 'aws', where AWS itself runs the services "
+                       "(unset LAB_TARGET or pass --target local)")
+    return cfg
+
+
 def _start_stack(cfg, port: int | None = None) -> None:
-    try:
-        state, started = stack.up(cfg.state_dir, cfg.region, port=port)
-    except stack.StackError as exc:
-        raise CliError(str(exc)) from exc
-    if started:
+    state, started = stack.up(cfg.state_dir, cfg.region, port=port)
+    if not started:
+        print(f"local stack already up at {state.endpoint} (moto pid {state.moto_pid}, Firehose pid {state.firehose_pid})")
+    elif started == ("firehose",):
+        print(f"local Firehose delivery restarted (pid {state.firehose_pid}): it resumes from its checkpoints; "
+              f"moto kept running at {state.endpoint} (pid {state.moto_pid}), the AWS state is intact")
+    else:
         print(f"local stack up: moto at {state.endpoint} (pid {state.moto_pid}), "
               f"local Firehose delivery (pid {state.firehose_pid})")
-    else:
-        print(f"local stack already up at {state.endpoint} (moto pid {state.moto_pid}, Firehose pid {state.firehose_pid})")
+    if "moto" in started and state.lost:
+        print(f"WARNING: {state.lost}")
     print(f"environment for boto3 / AWS CLI: {stack.env_file(cfg.state_dir)}")
 
 
 def cmd_up(args) -> int:
-    cfg = _cfg(args)
-    if not cfg.is_local:
-        raise CliError("`up` starts the local stack; target is 'aws', where AWS itself runs the services "
-                       "(unset LAB_TARGET or pass --target local)")
-    _start_stack(cfg, args.port)
+    _start_stack(_local_cfg(args, "up"), args.port)
     return 0
 
 
@@ -90,9 +97,21 @@ def cmd_lab(args, extra: Sequence[str] = ()) -> int:
             continue
 
 
+def cmd_restart(args) -> int:
+    cfg = _local_cfg(args, "restart")
+    state = stack.restart_firehose(cfg.state_dir, cfg.region)
+    print(f"local Firehose delivery restarted (pid {state.firehose_pid}): it resumes from its checkpoints")
+    return 0
+
+
 def cmd_down(args) -> int:
     cfg = _cfg(args)
+    recorded = stack.read_state(cfg.state_dir)
     stopped = stack.down(cfg.state_dir)
+    for role in ("moto", "firehose"):
+        pid = getattr(recorded, f"{role}_pid", 0)
+        if pid and pid not in stopped and stack.pid_alive(pid):
+            print(f"pid {pid} (recorded for {role}) is not the lab's process: left alone")
     from kinesis_lab.local_pipeline import stop_pipeline_server
 
     if stop_pipeline_server(cfg.build_dir):
@@ -113,6 +132,10 @@ def cmd_status(args) -> int:
             p = st[name]
             print(f"{name:9} pid {p['pid']:>7}  {'running' if p['running'] else 'NOT running'}")
         print(f"endpoint  {st['endpoint']}")
+    if not args.json:
+        for note in st["notes"]:
+            print(f"note: {note}")
+        print(f"logs      {stack.log_dir(cfg.state_dir)}")
     return 0 if st["up"] or st["endpoint"] is None else 1
 
 
@@ -163,10 +186,10 @@ def cmd_pipeline(args) -> int:
 
     cfg = load_config(target=args.target)
     session = aws.connect(cfg, start_stack=False)
-    mirror = local_pipeline.mirror_s3_prefix(boto3.client("s3", region_name=cfg.region), session.bucket,
-                                             cfg.s3_prefix, local_pipeline.external_location_dir(cfg.build_dir))
-    print(f"mirrored {mirror.new_objects} new of {mirror.total_objects} objects from s3://{session.bucket}/")
     try:
+        mirror = local_pipeline.mirror_s3_prefix(boto3.client("s3", region_name=cfg.region), session.bucket,
+                                                 cfg.s3_prefix, local_pipeline.external_location_dir(cfg.build_dir))
+        print(f"mirrored {mirror.new_objects} new of {mirror.total_objects} objects from s3://{session.bucket}/")
         local_pipeline.run_pipeline(cfg.home / "databricks" / "pipeline", source_path=mirror.source_dir,
                                     build_dir=cfg.build_dir, full_refresh=args.full_refresh)
     except local_pipeline.PipelineError as exc:
@@ -200,9 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    sp = add("up", cmd_up, "start moto + the local Firehose delivery service in the background")
+    sp = add("up", cmd_up, "start moto + the local Firehose delivery service in the background (only what is not running)")
     sp.add_argument("--port", type=int, help="moto's port on 127.0.0.1 (default: a free one)")
-    add("down", cmd_down, "stop the processes `up` started")
+    add("down", cmd_down, "stop the local stack's processes (and the pipeline's Spark server)")
+    sp = add("restart", cmd_restart, "stop and start one part of the running local stack")
+    sp.add_argument("part", choices=["firehose"], help="firehose: the local delivery worker (moto keeps its state)")
     sp = add("status", cmd_status, "show what runs")
     sp.add_argument("--json", action="store_true")
     add("doctor", cmd_doctor, "check Python, Java, packages, disk and the stack; print the fix for each failure")
@@ -237,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args, extra) if args.command == "lab" else args.func(args)
-    except (CliError, ConfigError, stack.StackError, CostOptInRequired) as exc:
+    except (CliError, ConfigError, stack.StackError, CostOptInRequired, BuildFolderError) as exc:
         print(f"kinesis-lab: error: {exc}", file=sys.stderr)
         return 2
 

@@ -109,8 +109,9 @@ def run_demo(dataset: str | None = None, simulated_failure_rate: float = 0.0, no
     chosen = series(nb_dir)
     if notebooks:
         chosen = [p for p in chosen if p.stem in notebooks or p.name in notebooks or p.stem[:2] in notebooks]
-    from kinesis_lab.local_pipeline import stop_pipeline_server
+    from kinesis_lab.local_pipeline import stop_pipeline_server, writable_folder
 
+    writable_folder(build)
     stop_pipeline_server(build)  # a server left by an earlier run holds the old metastore open
     for name in RUN_ARTIFACTS:  # every run starts from nothing, like a fresh account and workspace
         target = build / name

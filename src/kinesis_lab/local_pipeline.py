@@ -30,16 +30,18 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+from kinesis_lab import procs
 
 DATABASE = "kinesis_lab"
 SPEC_NAME = "spark-pipeline.yml"
@@ -63,6 +65,10 @@ class PipelineError(RuntimeError):
     """The local pipeline run failed; the message carries the end of its log."""
 
 
+class BuildFolderError(PipelineError):
+    """The build folder (or a folder in it) cannot be written: a one-line message naming it."""
+
+
 # --- the "external location": a local mirror of the Firehose prefix ---------------------------------
 @dataclass(frozen=True)
 class MirrorResult:
@@ -73,6 +79,11 @@ class MirrorResult:
     local_dir: Path  # the mirror root: object ``k`` is at ``local_dir / k``
     source_dir: Path  # ``local_dir / <static prefix>``: what the pipeline reads
     new_keys: tuple[str, ...] = ()
+    emptied: int = 0  # files of an earlier bucket (or local stack) removed first
+
+
+MANIFEST = ".mirror-manifest.json"
+BUILT_FROM = "built-from.json"  # in lakehouse/: the bucket (bucket_source) of the last successful run
 
 
 def static_prefix(prefix: str) -> str:
@@ -82,16 +93,96 @@ def static_prefix(prefix: str) -> str:
     return head if head.endswith("/") or not head else head[: head.rfind("/") + 1]
 
 
-def mirror_s3_prefix(s3_client, bucket: str, prefix: str, local_dir: str | Path) -> MirrorResult:
+def writable_folder(folder: str | Path, name: str | Path | None = None) -> Path:
+    """Create ``folder`` if needed and check a file can be written in it; else BuildFolderError
+    naming ``name`` (default: the folder)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise _unwritable(name or folder, exc) from None
+    return folder
+
+
+def _unwritable(folder: str | Path, exc: OSError) -> BuildFolderError:
+    return BuildFolderError(
+        f"cannot write to the build folder {folder} ({exc.strerror or type(exc).__name__}): "
+        "make it writable, or set LAB_BUILD_DIR to a folder you can write to"
+    )
+
+
+def bucket_source(s3_client, bucket: str) -> dict:
+    """Who the bucket is: its name, creation date (a bucket created again has a new one) and, on the
+    local stack, the id of the moto server holding it (new with every local stack)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from kinesis_lab import stack
+
+    source: dict = {"bucket": bucket, "created": None, "stack_id": None}
+    with contextlib.suppress(ClientError, BotoCoreError):  # e.g. no s3:ListAllMyBuckets on AWS
+        for entry in s3_client.list_buckets().get("Buckets", []):
+            if entry["Name"] == bucket:
+                source["created"] = entry["CreationDate"].isoformat()
+    endpoint = s3_client.meta.endpoint_url or ""
+    if urlparse(endpoint).hostname in (stack.HOST, "localhost"):
+        source["stack_id"] = (stack.moto_identity(endpoint) or {}).get("stack_id")
+    return source
+
+
+def _same_source(a: dict | None, b: dict | None) -> bool:
+    """Same bucket name and creation date, and same local stack where both are known (a busy moto
+    that did not say who it is does not empty the mirror)."""
+    if not a or not b:
+        return False
+    same_stack = a.get("stack_id") == b.get("stack_id") or None in (a.get("stack_id"), b.get("stack_id"))
+    return (a["bucket"], a.get("created")) == (b["bucket"], b.get("created")) and same_stack
+
+
+def _read_manifest(local_dir: Path) -> dict:
+    """``{"source": bucket_source(...), "objects": {key: {"etag", "size"}}}``; an older manifest (only
+    the objects) has no source."""
+    data = _read_json(local_dir / MANIFEST)
+    return data if "objects" in data else {"source": None, "objects": data}
+
+
+def _empty_mirror(local_dir: Path, objects: dict) -> int:
+    """Delete the files the manifest lists (and the folders left empty); returns how many."""
+    removed = 0
+    for key in objects:
+        with contextlib.suppress(FileNotFoundError):
+            (local_dir / key).unlink()
+            removed += 1
+    for folder in sorted((p for p in local_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if empty
+    return removed
+
+
+def mirror_s3_prefix(
+    s3_client, bucket: str, prefix: str, local_dir: str | Path, echo: Callable[[str], None] | None = print
+) -> MirrorResult:
     """Copy the objects under ``prefix`` (a Firehose expression prefix is cut at its first ``!{``)
     to ``local_dir``, keeping the key layout. Incremental: an object is downloaded only if it was
     not copied before with the same ETag and size (recorded in ``local_dir/.mirror-manifest.json``)
     or its local copy is gone. Files appear atomically (written under a hidden name, then renamed),
-    so a pipeline reading the folder never sees half a file."""
-    local_dir = Path(local_dir)
-    local_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = local_dir / ".mirror-manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    so a pipeline reading the folder never sees half a file.
+
+    The mirror follows the bucket: the manifest records who the bucket is (``bucket_source``); when
+    that changes (a new local stack, the bucket deleted and created again) the files copied before
+    are deleted first (``echo`` says so) and the pipeline's next run rebuilds its tables."""
+    local_dir = writable_folder(local_dir)
+    manifest_path = local_dir / MANIFEST
+    source = bucket_source(s3_client, bucket)
+    previous = _read_manifest(local_dir)
+    emptied = 0
+    if not _same_source(previous["source"], source):
+        emptied = _empty_mirror(local_dir, previous["objects"])
+        if emptied and echo is not None:
+            echo(f"the mirror held {emptied} objects of an earlier bucket or local stack: deleted them first")
+        previous = {"source": source, "objects": {}}
+    manifest = previous["objects"]
     list_prefix = static_prefix(prefix)
     new_keys: list[str] = []
     total_objects = total_bytes = new_bytes = 0
@@ -112,7 +203,9 @@ def mirror_s3_prefix(s3_client, bucket: str, prefix: str, local_dir: str | Path)
             manifest[key] = {"etag": etag, "size": size}
             new_keys.append(key)
             new_bytes += size
-    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    tmp = manifest_path.with_name(MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"source": source, "objects": manifest}, indent=1, sort_keys=True))
+    os.replace(tmp, manifest_path)
     return MirrorResult(
         new_objects=len(new_keys),
         total_objects=total_objects,
@@ -121,7 +214,17 @@ def mirror_s3_prefix(s3_client, bucket: str, prefix: str, local_dir: str | Path)
         local_dir=local_dir,
         source_dir=local_dir / list_prefix,
         new_keys=tuple(new_keys),
+        emptied=emptied,
     )
+
+
+def mirror_source(source_path: str | Path) -> dict | None:
+    """The bucket a mirrored folder comes from (``bucket_source``), from the manifest of the mirror it
+    is in; None if it is not in a mirror (or an older one)."""
+    for folder in (Path(source_path).resolve(), *Path(source_path).resolve().parents):
+        if (folder / MANIFEST).is_file():
+            return _read_manifest(folder)["source"]
+    return None
 
 
 def repo_pipeline_dir(home: str | Path) -> Path:
@@ -265,10 +368,12 @@ def run_pipeline(
 
     The full log goes to ``lakehouse/logs/run-<time>.log``; flow starts/completions go to ``echo``
     (None: silent). Raises PipelineError with the end of the log if the run fails or times out
-    (a timed-out run also stops the build folder's server)."""
+    (a timed-out run also stops the build folder's server), or within seconds if that server dies.
+
+    The tables follow the mirror: when ``source_path`` is in a mirror of another bucket (or local
+    stack) than the last successful run's, the run is a full refresh (echo says so)."""
     pipeline_dir = Path(pipeline_dir).resolve()
-    lakehouse = lakehouse_dir(build_dir).resolve()
-    lakehouse.mkdir(parents=True, exist_ok=True)
+    lakehouse = writable_folder(lakehouse_dir(build_dir).resolve(), build_dir)
     with build_lock(build_dir):
         return _run_locked(
             pipeline_dir,
@@ -287,9 +392,12 @@ def run_pipeline(
 @contextlib.contextmanager
 def build_lock(build_dir: str | Path):
     """One pipeline run at a time per build folder (two would fight over the Derby metastore)."""
-    lock_path = lakehouse_dir(build_dir) / ".run.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
+    lock_path = writable_folder(lakehouse_dir(build_dir), build_dir) / ".run.lock"
+    try:
+        handle = open(lock_path, "w")
+    except OSError as exc:
+        raise _unwritable(build_dir, exc) from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -324,11 +432,20 @@ def _run_locked(
         env[SERVER_ENV] = str(lakehouse)
     else:
         stop_pipeline_server(build_dir)  # its JVM would hold the Derby metastore: one JVM at a time
+    source = mirror_source(source_path)
+    built_from = _read_json(lakehouse / BUILT_FROM)
+    if source and built_from and not _same_source(built_from, source) and not full_refresh and not dry_run:
+        full_refresh = True
+        if echo is not None:
+            echo("the mirror now holds another bucket's objects (a new local stack?): full refresh of every table")
     command = _pipelines_command(spec_path, full_refresh, dry_run)
     with _marked_run(build_dir) if reuse else contextlib.nullcontext():
-        return _run_subprocess(
+        run = _run_subprocess(
             command, env, lakehouse, log_path, spec_path, build_dir, full_refresh, timeout, echo, reuse
         )
+    if source and not dry_run:
+        (lakehouse / BUILT_FROM).write_text(json.dumps(source))
+    return run
 
 
 def _run_subprocess(
@@ -371,7 +488,11 @@ def _run_subprocess(
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
         try:
-            returncode = process.wait(timeout=timeout)
+            returncode = _wait_watching_server(process, timeout, server, lakehouse if reuse else None)
+        except _ServerDied:
+            _kill_group(process)
+            reader.join(timeout=10)
+            raise _server_died(build_dir, log_path) from None
         except subprocess.TimeoutExpired:
             _kill_group(process)
             reader.join(timeout=10)
@@ -389,6 +510,8 @@ def _run_subprocess(
             raise
         reader.join(timeout=30)
     duration = time.monotonic() - started
+    if returncode != 0 and reuse and server and not procs.is_ours(server[-1][1], server_signature(lakehouse)):
+        raise _server_died(build_dir, log_path)
     if returncode != 0 or (run_states and run_states[-1] != "COMPLETED"):
         failed = sorted(name for name, state in flows.items() if state == "FAILED")
         raise PipelineError(
@@ -401,6 +524,35 @@ def _run_subprocess(
     server_state, server_pid = server[-1] if server else ("in-process", None)
     return PipelineRun(
         duration, log_path, spec_path, full_refresh, dict(flows), list(timeline), server_state, server_pid
+    )
+
+
+class _ServerDied(Exception):
+    pass
+
+
+def _wait_watching_server(process: subprocess.Popen, timeout: float, server: list, lakehouse: Path | None) -> int:
+    """``process.wait(timeout)``; raises _ServerDied within about a second of the Spark server this
+    run uses (the last one announced in ``server``) going away: the client would retry for minutes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return process.wait(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                raise
+        if lakehouse is not None and server and not procs.is_ours(server[-1][1], server_signature(lakehouse)):
+            raise _ServerDied
+
+
+def _server_died(build_dir: str | Path, log_path: Path) -> PipelineError:
+    """The error of a run whose Spark server died; forgets that server so the next run starts one."""
+    stop_pipeline_server(build_dir)
+    logs = server_dir(build_dir) / "logs"
+    outs = sorted(logs.glob("spark-*.out"), key=lambda p: p.stat().st_mtime)
+    return PipelineError(
+        f"the Spark server died (see its log {outs[-1] if outs else logs}): run the cell again\n"
+        f"run log: {log_path}\n{_log_tail(log_path)}"
     )
 
 
@@ -492,66 +644,23 @@ def server_pids(build_dir: str | Path) -> list[int]:
     return _server_pids(lakehouse_dir(build_dir).resolve())
 
 
+def server_signature(lakehouse: str | Path) -> procs.Signature:
+    """The build folder's server: its class and the ``-Dkinesis_lab.lakehouse=<lakehouse>`` marker."""
+    return procs.Signature.of(SERVER_CLASS, f"-D{SERVER_MARKER}", lakehouse)
+
+
 def _server_pids(lakehouse: Path) -> list[int]:
-    marker = f"-D{SERVER_MARKER}={lakehouse}"
-    found: list[int] = []
-    proc = Path("/proc")
-    if (proc / "self" / "cmdline").exists():
-        for entry in proc.iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if entry.stat().st_uid != os.getuid():
-                    continue
-                args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            except OSError:
-                continue
-            if marker in args and SERVER_CLASS in args:
-                found.append(int(entry.name))
-        return sorted(found)
-    # no /proc (macOS): ps shows the arguments joined with spaces
-    listing = subprocess.run(
-        ["ps", "-ww", "-U", str(os.getuid()), "-o", "pid=,command="],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout
-    for line in listing.splitlines():
-        pid, _, command = line.strip().partition(" ")
-        if f" {marker} " in f" {command} " and SERVER_CLASS in command and pid.isdigit():
-            found.append(int(pid))
-    return sorted(found)
+    return procs.find(server_signature(lakehouse))
 
 
-def _running(pid: int) -> bool:
-    """The process exists and is not a zombie (a killed server nobody has reaped yet)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def _stop_pids(pids: list[int], timeout: float = SERVER_STOP_TIMEOUT) -> None:
-    """SIGTERM (the server shuts Spark down cleanly), SIGKILL after ``timeout``; returns once gone."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-        alive = [pid for pid in pids if _running(pid)]
-        for pid in alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while alive and time.monotonic() < deadline:
-            time.sleep(0.1)
-            alive = [pid for pid in alive if _running(pid)]
-        if not alive:
-            return
-    raise PipelineError(f"could not stop the Spark Connect server(s) {pids}")
+def _stop_pids(lakehouse: Path, pids: list[int], timeout: float = SERVER_STOP_TIMEOUT, started: str | None = None) -> None:
+    """SIGTERM (the server shuts Spark down cleanly), SIGKILL after ``timeout``; returns once gone.
+    Only pids that are provably this lakehouse's server are signalled."""
+    signature = server_signature(lakehouse)
+    procs.stop([(pid, signature, started) for pid in pids], grace=timeout)
+    left = [pid for pid in pids if procs.is_ours(pid, signature, started)]
+    if left:
+        raise PipelineError(f"could not stop the Spark Connect server(s) {left}")
 
 
 @contextlib.contextmanager
@@ -598,17 +707,19 @@ def _busy(discovery: Path) -> bool:
         state = (discovery.parent / RUN_MARK).read_text().split()
     except OSError:
         return False
-    return len(state) == 2 and state[0] == "running" and state[1].isdigit() and _running(int(state[1]))
+    return len(state) == 2 and state[0] == "running" and state[1].isdigit() and procs.alive(int(state[1]))
 
 
-def _watch_server(lakehouse: Path, pid: int, idle_timeout: float, poll: float = 2.0) -> None:
+def _watch_server(
+    lakehouse: Path, pid: int, idle_timeout: float, poll: float = 2.0, started: str | None = None
+) -> None:
     """A small detached process per server, started with it: stops the server when ``lakehouse/``
     is deleted under it (its metastore and tables are gone), when its discovery file no longer names
     it (forgotten or replaced), or after ``idle_timeout`` s without a run, so a server nobody stopped
-    does not stay forever; exits when the server does."""
+    does not stay forever; exits when the server does (or its pid is no longer that server)."""
     discovery = lakehouse / "connect-server" / "discovery.json"
     last_busy = time.time()
-    while _running(pid):
+    while procs.is_ours(pid, server_signature(lakehouse), started):
         time.sleep(poll)
         if _busy(discovery):
             last_busy = time.time()
@@ -621,13 +732,13 @@ def _watch_server(lakehouse: Path, pid: int, idle_timeout: float, poll: float = 
             with _discovery_lock(discovery, timeout=60):
                 if not orphan and _busy(discovery):  # a run began meanwhile
                     continue
-                _stop_pids([pid])
+                _stop_pids(lakehouse, [pid], started=started)
                 if not orphan:
                     _forget_server(discovery)
             return
 
 
-def _start_watchdog(lakehouse: Path, pid: int) -> None:
+def _start_watchdog(lakehouse: Path, pid: int, started: str | None) -> None:
     try:
         idle_timeout = float(os.environ.get(SERVER_IDLE_ENV) or SERVER_IDLE_TIMEOUT)
     except ValueError:
@@ -637,7 +748,7 @@ def _start_watchdog(lakehouse: Path, pid: int) -> None:
     with open(log, "a") as handle:
         subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "watch-server", str(lakehouse), str(pid)]
-            + [str(idle_timeout)],
+            + [str(idle_timeout), started or ""],
             cwd="/",  # not in the lakehouse: it may be deleted
             stdin=subprocess.DEVNULL,
             stdout=handle,
@@ -660,7 +771,7 @@ def stop_pipeline_server(build_dir: str | Path) -> bool:
     pids = server_pids(build_dir)
     discovery = discovery_path(build_dir)
     with _discovery_lock(discovery):
-        _stop_pids(pids)
+        _stop_pids(lakehouse_dir(build_dir).resolve(), pids)
         if discovery.parent.is_dir():
             _forget_server(discovery)
     return bool(pids)
@@ -721,7 +832,7 @@ def _connect_to_build_server(static_conf: Mapping[str, str], lakehouse: Path):
                 print(
                     f"Spark Connect server: replacing pid {', '.join(map(str, live))}: {problem}", flush=True
                 )
-                _stop_pids(live, timeout=5.0 if "answer" in problem else SERVER_STOP_TIMEOUT)
+                _stop_pids(lakehouse, live, timeout=5.0 if "answer" in problem else SERVER_STOP_TIMEOUT)
         elif recorded:
             print(f"Spark Connect server: pid {recorded.get('pid')} is gone, starting a new one", flush=True)
         if problem or (recorded and not live):
@@ -738,9 +849,9 @@ def _connect_to_build_server(static_conf: Mapping[str, str], lakehouse: Path):
     if not reused:
         if pid not in _server_pids(lakehouse):
             raise PipelineError(f"the Spark Connect server (pid {pid}) was started without its marker")
-        state = {"pid": pid, "fingerprint": fingerprint}
-        state_path.write_text(json.dumps(state))
-        _start_watchdog(lakehouse, pid)
+        started_at = procs.start_time(pid)
+        state_path.write_text(json.dumps({"pid": pid, "fingerprint": fingerprint, "started": started_at}))
+        _start_watchdog(lakehouse, pid, started_at)
     took = f" in {time.monotonic() - started:.1f} s" if not reused else ""
     print(
         f"Spark Connect server {'reused' if reused else 'started'}: pid {pid}, {url}{took}"
@@ -879,6 +990,6 @@ def _pipelines_cli() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["watch-server"]:
-        _watch_server(Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+        _watch_server(Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), started=(sys.argv[5:] or [""])[0] or None)
     else:
         _pipelines_cli()

@@ -78,8 +78,10 @@ def dataset_of_run(build_dir: Path, requested: str | Path | None = None, produci
 
 def update_summary(build_dir: Path, **figures) -> dict:
     """Merge ``figures`` into the run summary (atomic write) and return the whole summary."""
+    from kinesis_lab.local_pipeline import writable_folder
+
     path = summary_path(build_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(path.parent, build_dir)
     data = read_summary(build_dir)
     data.update(figures)
     tmp = path.with_suffix(".tmp")

@@ -2,19 +2,26 @@
 
 Talks to whatever boto3 is configured for (the local stack sets AWS_ENDPOINT_URL and the region).
 Logs one line per delivered object to stdout. SIGTERM: deliver what is buffered, then exit.
+One worker per state folder (a lock in it): a second one exits at once (code 3), so two workers
+never deliver the same records from the same checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from botocore.exceptions import BotoCoreError
 
+from kinesis_lab import procs
 from kinesis_lab.local_firehose.service import Service
+
+LOCK_NAME = "worker.lock"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +37,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
+    state_dir = Path(args.state_dir)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(
+                procs.file_lock(state_dir / LOCK_NAME, 0, f"another local Firehose worker delivers from {state_dir}")
+            )
+        except TimeoutError as exc:
+            logging.getLogger("local_firehose").error("not starting: %s", exc)
+            return 3
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         service = Service(args.state_dir)
     except (ValueError, BotoCoreError) as exc:  # e.g. a corrupt checkpoint file, no region

@@ -1,0 +1,147 @@
+"""The local pipeline survives the stack's faults (issue #15), on one build folder and a private stack:
+
+1. the bucket mirror follows the bucket: after `down` + `up` (a new, empty moto) and the bucket made
+   again with new records, the mirror drops the earlier stack's objects and the next run rebuilds
+   the tables from the new ones (bronze = what S3 holds, not old + new);
+2. the Spark Connect server SIGKILLed in the middle of a run: the run stops within seconds saying
+   so (not after the 15-minute timeout), and the next run starts a new server and passes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import boto3
+import pytest
+from test_local_pipeline import PIPELINE_DIR, PREFIX, rec
+
+from kinesis_lab import local_pipeline as lp
+from kinesis_lab import stack
+
+pytestmark = [pytest.mark.stack, pytest.mark.spark]
+REGION = "us-east-1"
+BUCKET = "pipeline-faults-bucket"
+DAY = "bronze/ingestion_date=2026/11/26/"
+
+
+def s3_of(state: stack.StackState):
+    return boto3.client(
+        "s3", region_name=REGION, endpoint_url=state.endpoint,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+
+
+def fill_bucket(state: stack.StackState, tag: str, objects: int, per_object: int) -> set[str]:
+    """Create the bucket and put ``objects`` JSON-lines objects; returns the event ids."""
+    s3 = s3_of(state)
+    s3.create_bucket(Bucket=BUCKET)
+    ids = set()
+    for i in range(objects):
+        lines = [rec(f"{tag}-{i}-{j}") for j in range(per_object)]
+        ids |= {f"{tag}-{i}-{j}" for j in range(per_object)}
+        s3.put_object(Bucket=BUCKET, Key=f"{DAY}stream-1-{tag}-{i}", Body=("\n".join(lines) + "\n").encode())
+    return ids
+
+
+def mirrored_files(mirror: lp.MirrorResult) -> list[str]:
+    return sorted(p.name for p in mirror.source_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pipeline-faults")
+    lab = {"state_dir": base / "state", "build": base / "build", "facts": {}}
+    yield lab
+    lp.stop_pipeline_server(lab["build"])
+    stack.down(lab["state_dir"])
+    assert lp.server_pids(lab["build"]) == []
+
+
+def run(lab, echo=None) -> lp.PipelineRun:
+    return lp.run_pipeline(PIPELINE_DIR, source_path=lab["mirror"].source_dir, build_dir=lab["build"], echo=echo)
+
+
+def test_the_mirror_and_the_tables_follow_a_new_local_stack(lab):
+    first, _ = stack.up(lab["state_dir"], REGION)
+    old_ids = fill_bucket(first, "old", objects=3, per_object=2)
+    target = lp.external_location_dir(lab["build"])
+    lab["mirror"] = lp.mirror_s3_prefix(s3_of(first), BUCKET, PREFIX, target, echo=None)
+    assert lab["mirror"].new_objects == 3
+    run(lab)
+    assert lp.table_rows(lab["build"], lp.BRONZE_TABLE) == len(old_ids) == 6
+
+    stack.down(lab["state_dir"])  # moto's state is gone; the build folder stays
+    second, started = stack.up(lab["state_dir"], REGION)
+    assert "moto" in started and second.stack_id != first.stack_id and second.lost is None
+    new_ids = fill_bucket(second, "new", objects=2, per_object=2)
+    said: list[str] = []
+    mirror = lp.mirror_s3_prefix(s3_of(second), BUCKET, PREFIX, target, echo=said.append)
+    assert (mirror.emptied, mirror.new_objects, mirror.total_objects) == (3, 2, 2)
+    assert said == ["the mirror held 3 objects of an earlier bucket or local stack: deleted them first"]
+    assert mirrored_files(mirror) == ["stream-1-new-0", "stream-1-new-1"]
+    again = lp.mirror_s3_prefix(s3_of(second), BUCKET, PREFIX, target, echo=None)
+    assert (again.emptied, again.new_objects, again.total_objects) == (0, 0, 2)  # still incremental
+    lab["mirror"] = mirror
+
+    echoed: list[str] = []
+    result = run(lab, echo=echoed.append)
+    assert result.full_refresh and any("full refresh of every table" in line for line in echoed)
+    assert set(result.flows.values()) == {"COMPLETED"}
+    bronze = lp.read_table(lab["build"], lp.BRONZE_TABLE, ["event_id"])["event_id"]
+    assert sorted(bronze) == sorted(new_ids)  # 4 rows, what S3 holds: none of the old stack's
+    assert set(lp.read_table(lab["build"], lp.SILVER_TABLE, ["event_id"])["event_id"]) == new_ids
+    lab["server_pid"] = result.server_pid
+
+
+def test_a_spark_server_killed_mid_run_fails_the_run_fast_and_the_next_run_recovers(lab):
+    if "mirror" not in lab:
+        pytest.skip("needs the build folder of the previous test")
+    killed: dict = {}
+
+    def echo(line: str) -> None:  # runs while the run goes on: kill the server as bronze starts
+        if "bronze_events is STARTING" in line and not killed:
+            [pid] = lp.server_pids(lab["build"])
+            killed.update(pid=pid, at=time.monotonic())
+            os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(lp.PipelineError) as err:
+        run(lab, echo=echo)
+    took = time.monotonic() - killed["at"]
+    print(f"run stopped {took:.1f} s after the Spark server was killed")
+    assert killed["pid"] == lab["server_pid"]  # the reused server
+    first_line = str(err.value).splitlines()[0]
+    logs = lp.server_dir(lab["build"]) / "logs"
+    assert first_line.startswith(f"the Spark server died (see its log {logs}")
+    assert first_line.endswith("): run the cell again")
+    assert took < 30
+    assert lp.server_pids(lab["build"]) == []
+
+    result = run(lab)  # "run the cell again"
+    assert result.server == "started" and result.server_pid != killed["pid"]
+    assert set(result.flows.values()) == {"COMPLETED"}
+    assert lp.table_rows(lab["build"], lp.BRONZE_TABLE) == 4
+
+
+def test_the_runner_watches_the_server_it_announced(tmp_path):
+    """Without Spark: a stand-in run announces its server, then hangs (as the real client does when
+    its server is gone); the wait ends as soon as that server process dies."""
+    lakehouse = lp.lakehouse_dir(tmp_path).resolve()
+    lakehouse.mkdir(parents=True)
+    sleep = [sys.executable, "-c", "import time; time.sleep(600)"]
+    server = subprocess.Popen([*sleep, f"-D{lp.SERVER_MARKER}={lakehouse}", lp.SERVER_CLASS])
+    hung_run = subprocess.Popen(sleep, start_new_session=True)
+    try:
+        threading.Timer(1.0, server.kill).start()
+        began = time.monotonic()
+        with pytest.raises(lp._ServerDied):
+            lp._wait_watching_server(hung_run, 600, [("reused", server.pid)], lakehouse)
+        assert time.monotonic() - began < 30 and hung_run.poll() is None
+    finally:
+        for process in (server, hung_run):
+            process.kill()
+            process.wait(timeout=10)
