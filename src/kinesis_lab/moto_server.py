@@ -1,9 +1,19 @@
-"""Run moto's HTTP server (AWS APIs on 127.0.0.1) without a log line per request, and with one
-performance fix for large Kinesis loads (same behaviour, no quadratic cost)."""
+"""Run moto's HTTP server (AWS APIs on 127.0.0.1) without a log line per request, with one performance fix
+for large Kinesis loads (same behaviour, no quadratic cost) and three fixes that bring moto 5.2 closer to AWS:
+
+- ``create_stream(Tags=...)`` keeps the tags (moto drops them);
+- with IAM enforcement on, Kinesis, Firehose and CloudWatch Logs calls (and IAM calls on a role that does not
+  exist yet) are checked against the resource's ARN, as on AWS (moto checks them against ``*``, so any policy
+  scoped to ARNs was refused);
+- a trust policy naming a service principal (``{"Service": "firehose.amazonaws.com"}``) no longer fails with
+  HTTP 500: it admits an IAM user *named* after the service (user ``firehose.amazonaws.com``), which stands in
+  for the service, since moto cannot act as one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 from moto.server import main as moto_main
@@ -18,6 +28,109 @@ def speed_up_kinesis_shards() -> None:
     Shard.get_min_sequence_number = lambda self: next(iter(self.records), 0)
 
 
+def keep_create_stream_tags() -> None:
+    from moto.kinesis.responses import KinesisResponse
+
+    create = KinesisResponse.create_stream
+
+    def create_stream(self):
+        result = create(self)
+        tags = self._get_param("Tags")
+        if tags:
+            self.kinesis_backend.add_tags_to_stream(None, self._get_param("StreamName"), tags)
+        return result
+
+    KinesisResponse.create_stream = create_stream
+
+
+def _enforcing() -> bool:
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    return ActionAuthenticatorMixin.request_count >= settings.INITIAL_NO_AUTH_ACTION_COUNT
+
+
+def _arn(response, service: str, resource: str, region: bool = True) -> str:
+    from moto.utilities.utils import get_partition
+
+    where = response.region if region else ""
+    return f"arn:{get_partition(response.region)}:{service}:{where}:{response.current_account}:{resource}"
+
+
+def _body(response) -> dict:
+    try:
+        body = json.loads(response.body or "{}")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _kinesis_resource(response) -> str:
+    body = _body(response)
+    if body.get("StreamARN"):
+        return body["StreamARN"]
+    return _arn(response, "kinesis", f"stream/{body['StreamName']}") if body.get("StreamName") else "*"
+
+
+def _firehose_resource(response) -> str:
+    name = _body(response).get("DeliveryStreamName")
+    return _arn(response, "firehose", f"deliverystream/{name}") if name else "*"
+
+
+def _logs_resource(response) -> str:
+    body = _body(response)
+    if body.get("resourceArn"):
+        return body["resourceArn"]
+    group = body.get("logGroupName") or body.get("logGroupIdentifier")
+    if not group:
+        return "*"
+    if group.startswith("arn:"):
+        return group
+    stream = body.get("logStreamName")
+    return _arn(response, "logs", f"log-group:{group}" + (f":log-stream:{stream}" if stream else ""))
+
+
+def check_resource_arns() -> None:
+    """Only while IAM enforcement is on (else moto ignores the resource): parsing a 5 MiB PutRecords body
+    twice would slow the default, unchecked runs."""
+    from moto.firehose.responses import FirehoseResponse
+    from moto.iam.responses import IamResponse
+    from moto.kinesis.responses import KinesisResponse
+    from moto.logs.responses import LogsResponse
+
+    for cls, resolve in ((KinesisResponse, _kinesis_resource), (FirehoseResponse, _firehose_resource),
+                         (LogsResponse, _logs_resource)):
+        cls._determine_resource = lambda self, resolve=resolve: resolve(self) if _enforcing() else "*"
+    resolve_role = IamResponse._resolve_resource_arn
+
+    def resolve_resource_arn(self, role_name: str) -> str:
+        arn = resolve_role(self, role_name)
+        if arn == "*" and _enforcing():  # a role about to be created: AWS checks its ARN too
+            return _arn(self, "iam", f"role/{role_name}", region=False)
+        return arn
+
+    IamResponse._resolve_resource_arn = resolve_resource_arn
+
+
+def service_principal_stand_ins() -> None:
+    from moto.iam.access_control import IAMPolicyStatement
+
+    def check_principal(self, principal: str) -> bool:
+        expected = self._statement.get("Principal")
+        if not expected or expected == "*":
+            return True
+        if not isinstance(expected, dict):
+            return False
+        aws = expected.get("AWS")
+        if aws == "*" or principal == aws or (aws is not None and principal in aws):  # moto's own rule
+            return True
+        services = expected.get("Service") or []
+        services = [services] if isinstance(services, str) else services
+        return ":user/" in principal and principal.rsplit("/", 1)[-1] in services
+
+    IAMPolicyStatement._check_principal = check_principal
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -25,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     speed_up_kinesis_shards()
+    keep_create_stream_tags()
+    check_resource_arns()
+    service_principal_stand_ins()
     moto_main(["-H", args.host, "-p", str(args.port)])
 
 

@@ -161,12 +161,11 @@ def up(state_dir: Path, region: str, port: int | None = None, timeout: float = 3
             raise StackError(f"moto server did not answer on {endpoint} within {timeout:.0f} s; see {logs / 'moto.log'}")
         time.sleep(0.1)
 
-    firehose = _spawn([sys.executable, "-m", "kinesis_lab.local_firehose", "--state-dir", str(state_dir / "firehose")],
-                      logs / "firehose.log", env)
-    time.sleep(0.3)
-    if firehose.poll() is not None:
+    try:
+        firehose = _spawn_firehose(state_dir, env)
+    except StackError:
         _terminate(moto.pid)
-        raise StackError(f"local Firehose service exited at start; see {logs / 'firehose.log'}")
+        raise
 
     state = StackState(port=port, moto_pid=moto.pid, firehose_pid=firehose.pid, region=region)
     _state_file(state_dir).write_text(json.dumps(state.__dict__, indent=2))
@@ -175,6 +174,30 @@ def up(state_dir: Path, region: str, port: int | None = None, timeout: float = 3
         + "".join(f"{k}={v}\n" for k, v in local_env(endpoint, region).items())
     )
     return state, True
+
+
+def _spawn_firehose(state_dir: Path, env: dict[str, str]) -> subprocess.Popen:
+    log = Path(state_dir) / "logs" / "firehose.log"
+    firehose = _spawn([sys.executable, "-m", "kinesis_lab.local_firehose", "--state-dir",
+                       str(Path(state_dir) / "firehose")], log, env)
+    time.sleep(0.3)
+    if firehose.poll() is not None:
+        raise StackError(f"local Firehose service exited at start; see {log}")
+    return firehose
+
+
+def restart_firehose(state_dir: Path, env: dict[str, str] | None = None) -> int:
+    """Restart the local Firehose service with ``env`` over the stack's environment: e.g. the access keys of
+    an IAM user named ``firehose.amazonaws.com``, which stands in for the Firehose service while IAM
+    enforcement is on (the stack's dummy keys are refused then). Returns the new PID."""
+    state = read_state(state_dir)
+    if state is None or not status(state_dir)["moto"]["running"]:
+        raise StackError("the local stack is not running: start it with `kinesis-lab up`")
+    _terminate(state.firehose_pid)
+    full_env = {**os.environ, **local_env(state.endpoint, state.region), "PYTHONUNBUFFERED": "1", **(env or {})}
+    state.firehose_pid = _spawn_firehose(state_dir, full_env).pid
+    _state_file(state_dir).write_text(json.dumps(state.__dict__, indent=2))
+    return state.firehose_pid
 
 
 def _terminate(pid: int, grace: float = 5.0) -> None:
