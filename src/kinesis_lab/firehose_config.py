@@ -32,6 +32,7 @@ ROLE_NOT_READY = re.compile(
     r"|security token included in the request is invalid"
 )
 ROLE_PROPAGATION_TIMEOUT = 120  # seconds
+LOG_RETENTION_DAYS = 14  # the delivery-error log group's retention: CloudWatch keeps (and bills) events forever by default
 BUCKET_ARN = re.compile(r"^arn:[\w-]+:s3:::[a-z0-9][a-z0-9.\-]{1,254}$")
 
 

@@ -7,7 +7,10 @@ for large Kinesis loads (same behaviour, no quadratic cost) and three fixes that
   scoped to ARNs was refused);
 - a trust policy naming a service principal (``{"Service": "firehose.amazonaws.com"}``) no longer fails with
   HTTP 500: it admits an IAM user *named* after the service (user ``firehose.amazonaws.com``), which stands in
-  for the service, since moto cannot act as one.
+  for the service, since moto cannot act as one;
+- a statement that applies only to requests without TLS (``"Bool": {"aws:SecureTransport": "false"}``, as in the
+  lab's bucket policy) never applies: moto ignores that condition and denied every object request, while the
+  stack stands for AWS's HTTPS endpoints (its own HTTP runs on loopback only). moto cannot check that policy.
 """
 
 from __future__ import annotations
@@ -131,6 +134,25 @@ def service_principal_stand_ins() -> None:
     IAMPolicyStatement._check_principal = check_principal
 
 
+def _only_without_tls(statement: dict) -> bool:
+    value = (statement.get("Condition") or {}).get("Bool", {}).get("aws:SecureTransport")
+    values = value if isinstance(value, list) else [value]
+    return value is not None and all(str(v).lower() == "false" for v in values)
+
+
+def requests_count_as_tls() -> None:
+    from moto.iam.access_control import IAMPolicyStatement, PermissionResult
+
+    is_action_permitted = IAMPolicyStatement.is_action_permitted
+
+    def check(self, *args, **kwargs):
+        if _only_without_tls(self._statement):
+            return PermissionResult.NEUTRAL
+        return is_action_permitted(self, *args, **kwargs)
+
+    IAMPolicyStatement.is_action_permitted = check
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -141,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     keep_create_stream_tags()
     check_resource_arns()
     service_principal_stand_ins()
+    requests_count_as_tls()
     moto_main(["-H", args.host, "-p", str(args.port)])
 
 

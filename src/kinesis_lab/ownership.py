@@ -122,13 +122,12 @@ def refusal(found: Found, project: str) -> str:
     )
 
 
-def require_usable(found: list[Found] | Found, lab_tags: dict[str, str]) -> list[Found]:
+def require_usable(found: list[Found] | Found, lab_tags: dict[str, str]) -> None:
     """Stop (``NotTheLabs``, every conflict in one message) if any name is taken by something not the lab's."""
     found = [found] if isinstance(found, Found) else list(found)
     taken = [f for f in found if f.state == NOT_OURS]
     if taken:
         raise NotTheLabs("\n".join(refusal(f, lab_tags["project"]) for f in taken))
-    return found
 
 
 def require_ours(client, kind: str, name: str, lab_tags: dict[str, str], expected_owner: str | None = None) -> bool:

@@ -278,7 +278,8 @@ def _statements(policy: dict) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m kinesis_lab.policies firehose|uc trust|permissions [--external-id ID]`` or
-    ``python -m kinesis_lab.policies learner [--account-id ID]``: print a policy rendered for the current
+    ``python -m kinesis_lab.policies learner [--account-id ID]`` or ``python -m kinesis_lab.policies bucket tls``:
+    print a policy rendered for the current
     target and account (or the account given: nothing is called), to use with the AWS CLI
     (``file://policy.json``)."""
     import argparse
@@ -287,9 +288,9 @@ def main(argv: list[str] | None = None) -> None:
     from kinesis_lab.config import load_config
 
     parser = argparse.ArgumentParser(prog="python -m kinesis_lab.policies", description=main.__doc__)
-    parser.add_argument("role", choices=["firehose", "uc", "learner"])
+    parser.add_argument("role", choices=["firehose", "uc", "learner", "bucket"])
     parser.add_argument("kind", nargs="?", default="permissions",
-                        choices=["trust", "permissions", "bootstrap_trust", "file_events"])
+                        choices=["trust", "permissions", "bootstrap_trust", "file_events", "tls"])
     parser.add_argument("--external-id", default="0000", help="uc only: the storage credential's external id")
     parser.add_argument("--account-id", help="render for this account without calling AWS")
     parser.add_argument("--partition", default="aws", help="with --account-id: aws, aws-cn or aws-us-gov")
@@ -302,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
         session = connect(cfg, start_stack=False)
     if args.role == "learner":
         found = {"permissions": learner_policy(session)}
+    elif args.role == "bucket":  # the bucket policy the lab puts on a bucket that has none
+        found = {"tls": bucket_tls_policy(None, bucket=session.bucket, partition=session.partition)}
     elif args.role == "firehose":
         found = firehose_policies(session)
     else:
