@@ -8,9 +8,17 @@ for large Kinesis loads (same behaviour, no quadratic cost) and three fixes that
 - a trust policy naming a service principal (``{"Service": "firehose.amazonaws.com"}``) no longer fails with
   HTTP 500: it admits an IAM user *named* after the service (user ``firehose.amazonaws.com``), which stands in
   for the service, since moto cannot act as one;
+- S3 requests are checked as the IAM actions AWS checks: ``HeadBucket`` as ``s3:ListBucket``, the public access
+  block and default encryption as ``s3:*BucketPublicAccessBlock`` / ``s3:*EncryptionConfiguration`` (moto checked
+  ``s3:HeadBucket``, ``s3:CreateBucket``, ``s3:ListBucket``), and ``DeleteObjects`` key by key (moto checked the
+  bucket's ARN, so a policy scoped to a prefix could delete nothing; here a batch with any refused key is refused
+  as a whole, where AWS deletes the others);
 - a statement that applies only to requests without TLS (``"Bool": {"aws:SecureTransport": "false"}``, as in the
   lab's bucket policy) never applies: moto ignores that condition and denied every object request, while the
   stack stands for AWS's HTTPS endpoints (its own HTTP runs on loopback only). moto cannot check that policy.
+
+With ``LAB_MOTO_AUTH_LOG`` set to a file, every check made while IAM enforcement is on is appended to it as a
+JSON line (principal, action, resource, allowed): the tests read which actions a policy was really used for.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 
 from moto.server import main as moto_main
 
@@ -69,10 +78,18 @@ def _body(response) -> dict:
 
 
 def _kinesis_resource(response) -> str:
+    from moto.kinesis.utils import decompose_shard_iterator
+
     body = _body(response)
     if body.get("StreamARN"):
         return body["StreamARN"]
-    return _arn(response, "kinesis", f"stream/{body['StreamName']}") if body.get("StreamName") else "*"
+    name = body.get("StreamName")
+    if not name and body.get("ShardIterator"):  # GetRecords: moto's iterator starts with the stream name
+        try:
+            name = decompose_shard_iterator(body["ShardIterator"])[0]
+        except (ValueError, UnicodeDecodeError):
+            return "*"
+    return _arn(response, "kinesis", f"stream/{name}") if name else "*"
 
 
 def _firehose_resource(response) -> str:
@@ -153,6 +170,55 @@ def requests_count_as_tls() -> None:
     IAMPolicyStatement.is_action_permitted = check
 
 
+def s3_actions_as_aws_checks_them() -> None:
+    import xmltodict
+    from moto.s3 import responses
+    from moto.s3.exceptions import BucketAccessDeniedError, S3AccessDeniedError
+
+    bucket = responses.ACTION_MAP["BUCKET"]
+    bucket["HEAD"]["DEFAULT"] = "ListBucket"
+    for method, verb in (("GET", "Get"), ("PUT", "Put"), ("DELETE", "Put")):
+        bucket[method]["publicAccessBlock"] = f"{verb}BucketPublicAccessBlock"
+        bucket[method]["encryption"] = f"{verb}EncryptionConfiguration"
+
+    delete_keys = responses.S3Response._bucket_response_delete_keys
+
+    def key_by_key(self, bucket_name: str, authenticated: bool = True):
+        if authenticated or not _enforcing():
+            return delete_keys(self, bucket_name, authenticated)
+        objects = xmltodict.parse(self.body, strip_whitespace=False)["Delete"].get("Object", [])
+        for obj in objects if isinstance(objects, list) else [objects]:
+            versioned = obj.get("VersionId") not in (None, "null")
+            for action in ("DeleteObject", "DeleteObjectVersion") if versioned else ("DeleteObject",):
+                self.data["Action"] = action
+                try:
+                    self._authenticate_and_authorize_s3_action(bucket_name=bucket_name, key_name=obj["Key"])
+                except (BucketAccessDeniedError, S3AccessDeniedError):
+                    return delete_keys(self, bucket_name, authenticated=False)
+        return delete_keys(self, bucket_name, authenticated=True)
+
+    responses.S3Response._bucket_response_delete_keys = key_by_key
+
+
+def record_checks(path: str) -> None:
+    from moto.iam.access_control import IAMRequestBase
+
+    check = IAMRequestBase.check_action_permitted
+
+    def recorded(self, resource: str) -> None:
+        allowed = False
+        try:
+            check(self, resource)
+            allowed = True
+        finally:
+            line = {"principal": self._access_key.arn, "action": self._action, "resource": resource,
+                    "allowed": allowed}
+            with open(path, "a") as log:
+                log.write(json.dumps(line) + "\n")
+
+    IAMRequestBase.check_action_permitted = recorded
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -164,6 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     check_resource_arns()
     service_principal_stand_ins()
     requests_count_as_tls()
+    s3_actions_as_aws_checks_them()
+    if os.environ.get("LAB_MOTO_AUTH_LOG"):
+        record_checks(os.environ["LAB_MOTO_AUTH_LOG"])
     moto_main(["-H", args.host, "-p", str(args.port)])
 
 

@@ -75,11 +75,12 @@ def delete_stream(kinesis, name: str, lab_tags: dict[str, str], timeout: float =
 
 
 def _versions(s3, bucket: str, prefix: str | None = None):
-    """Every object version and delete marker (``prefix``: under it only), as delete_objects keys."""
+    """Every object version and delete marker (``prefix``: under it only), as delete_objects keys. In a bucket
+    without versioning (the lab's) the version id is "null" and left out: deleting needs s3:DeleteObject only."""
     kwargs = {"Bucket": bucket} if prefix is None else {"Bucket": bucket, "Prefix": prefix}
     for page in s3.get_paginator("list_object_versions").paginate(**kwargs):
         for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
-            yield {"Key": v["Key"], "VersionId": v["VersionId"]}
+            yield {"Key": v["Key"]} if v.get("VersionId") in (None, "null") else {"Key": v["Key"], "VersionId": v["VersionId"]}
 
 
 def delete_bucket(s3, bucket: str, lab_tags: dict[str, str], *, prefixes: list[str],
@@ -96,7 +97,12 @@ def delete_bucket(s3, bucket: str, lab_tags: dict[str, str], *, prefixes: list[s
             continue
         keys = list(_versions(s3, bucket, prefix))
         for i in range(0, len(keys), 1000):
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True})
+            errors = s3.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True}).get(
+                "Errors", [])
+            if errors:  # refused keys come back in the answer, not as an exception
+                first = errors[0]
+                raise RuntimeError(f"could not delete {len(errors)} of the lab's objects in {bucket}, e.g. "
+                                   f"{first['Key']}: {first.get('Code')} {first.get('Message', '')}")
             deleted += len(keys[i:i + 1000])
     others = sum(1 for _ in _versions(s3, bucket))
     if others:
