@@ -188,8 +188,8 @@ def s3_actions_as_aws_checks_them() -> None:
             return delete_keys(self, bucket_name, authenticated)
         objects = xmltodict.parse(self.body, strip_whitespace=False)["Delete"].get("Object", [])
         for obj in objects if isinstance(objects, list) else [objects]:
-            versioned = obj.get("VersionId") not in (None, "null")
-            for action in ("DeleteObject", "DeleteObjectVersion") if versioned else ("DeleteObject",):
+            # AWS: s3:DeleteObject always, and s3:DeleteObjectVersion for a given version (even "null")
+            for action in ("DeleteObject", "DeleteObjectVersion") if obj.get("VersionId") else ("DeleteObject",):
                 self.data["Action"] = action
                 try:
                     self._authenticate_and_authorize_s3_action(bucket_name=bucket_name, key_name=obj["Key"])

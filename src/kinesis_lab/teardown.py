@@ -75,12 +75,13 @@ def delete_stream(kinesis, name: str, lab_tags: dict[str, str], timeout: float =
 
 
 def _versions(s3, bucket: str, prefix: str | None = None):
-    """Every object version and delete marker (``prefix``: under it only), as delete_objects keys. In a bucket
-    without versioning (the lab's) the version id is "null" and left out: deleting needs s3:DeleteObject only."""
+    """Every object version and delete marker (``prefix``: under it only), as delete_objects keys (with their
+    version id, "null" in a bucket without versioning: a key alone would only add a delete marker to a
+    versioned bucket)."""
     kwargs = {"Bucket": bucket} if prefix is None else {"Bucket": bucket, "Prefix": prefix}
     for page in s3.get_paginator("list_object_versions").paginate(**kwargs):
         for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
-            yield {"Key": v["Key"]} if v.get("VersionId") in (None, "null") else {"Key": v["Key"], "VersionId": v["VersionId"]}
+            yield {"Key": v["Key"], "VersionId": v["VersionId"]}
 
 
 def delete_bucket(s3, bucket: str, lab_tags: dict[str, str], *, prefixes: list[str],
