@@ -21,8 +21,8 @@ CASES = [
     ("123456789012", "us-east-1", "jm-demo-s3-lab-123456789012-us-east-1", "DatabricksUCRoleKinesisLab", "aws"),
     ("000011112222", "eu-west-1", "lab-bucket", "uc-role_2", "aws"),
     ("999988887777", "ap-southeast-2", "a1-b2.c3", "Path.Role+name=ok@x", "aws"),
-    ("123412341234", "cn-north-1", "lab-bucket-cn", "uc-role", "aws-cn"),
-    ("567856785678", "us-gov-west-1", "lab-bucket-gov", "uc-role", "aws-us-gov"),
+    ("444455556666", "cn-north-1", "lab-bucket-cn", "uc-role", "aws-cn"),
+    ("777788889999", "us-gov-west-1", "lab-bucket-gov", "uc-role", "aws-us-gov"),
 ]
 EXTERNAL_ID = "3f1e2d4c-aaaa-bbbb-cccc-0123456789ab"
 
