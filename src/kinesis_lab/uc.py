@@ -67,9 +67,9 @@ def ensure_uc_role(
 ) -> dict:
     """Create or update the role Unity Catalog assumes to reach ``bucket``. Idempotent.
 
-    A role of that name must be the lab's (the project tag of ``tags``, put on it at creation) and carry no policy
-    but the lab's, else ``ownership.NotTheLabs`` is raised before anything is changed; an existing role is
-    never re-tagged.
+    A role of that name must be the lab's (the project tag of ``tags``, put on it at creation) and carry no
+    policy but the lab's, else ``ownership.NotTheLabs`` is raised before anything is changed; an existing role
+    is never re-tagged.
 
     Returns ``{"role_arn", "created", "trust_changed", "permissions_changed", "old_trust", "new_trust",
     "steps"}``; ``policies.policy_diff(result["old_trust"], result["new_trust"])`` shows the change."""
