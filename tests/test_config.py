@@ -6,10 +6,12 @@ from kinesis_lab.config import ConfigError, load_config
 
 
 @pytest.fixture(autouse=True)
-def no_lab_env(monkeypatch):
+def no_lab_env(monkeypatch, tmp_path):
     for var in ("LAB_TARGET", "LAB_REGION", "AWS_REGION", "AWS_DEFAULT_REGION", "LAB_BUCKET", "LAB_STREAM_NAME",
-                "LAB_BUFFER_INTERVAL_SECONDS", "LAB_STATE_DIR", "LAB_BUILD_DIR"):
+                "LAB_BUFFER_INTERVAL_SECONDS", "LAB_STATE_DIR", "LAB_BUILD_DIR", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+                "LAB_AWS_ENDPOINT_URL"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))  # this machine's profile stays out
 
 
 def test_defaults_follow_the_original_course():
@@ -59,3 +61,27 @@ def test_state_and_build_dirs_follow_home_or_env(monkeypatch, tmp_path):
     assert cfg.state_dir == tmp_path / ".lab" and cfg.build_dir == tmp_path / "build"
     monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path / "s"))
     assert load_config().state_dir == Path(tmp_path / "s")
+
+
+def test_region_comes_from_the_aws_profile_before_the_default(monkeypatch, tmp_path):
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\nregion = eu-west-3\n[profile work]\nregion = ap-south-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    assert load_config().region == "eu-west-3"
+    monkeypatch.setenv("AWS_PROFILE", "work")
+    assert load_config().region == "ap-south-1"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")  # the environment beats the profile
+    assert load_config().region == "eu-central-1"
+    monkeypatch.setenv("LAB_REGION", "us-west-2")  # LAB_REGION beats both
+    assert load_config().region == "us-west-2"
+    assert load_config(region="sa-east-1").region == "sa-east-1"  # and the notebook parameter beats all
+    monkeypatch.setenv("AWS_PROFILE", "missing")  # a profile that does not exist: no region from it, no crash
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.delenv("LAB_REGION")
+    assert load_config().region == "us-east-1"
+
+
+def test_aws_endpoint_setting(monkeypatch):
+    assert load_config().aws_endpoint_url is None
+    monkeypatch.setenv("LAB_AWS_ENDPOINT_URL", "http://localhost:4566")
+    assert load_config(target="aws").aws_endpoint_url == "http://localhost:4566"

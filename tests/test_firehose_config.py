@@ -6,16 +6,21 @@ import json
 
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ClientError
 
 from kinesis_lab.config import load_config
 from kinesis_lab.firehose_config import (
+    ROLE_NOT_READY,
+    ROLE_PROPAGATION_TIMEOUT,
     DeliveryConfigError,
+    DeliveryStreamNotActive,
     Finding,
     RoleNotAssumable,
     build_delivery_stream_request,
     check_delivery_config,
     create_delivery_stream,
     delivery_config_warnings,
+    require_active,
     validate_delivery_config,
     wait_until_active,
 )
@@ -281,3 +286,57 @@ def test_wait_until_active_times_out_clearly(aws_clients):
     firehose = aws_clients("firehose")
     with pytest.raises(TimeoutError, match="delivery stream missing is still not found after 0.2 s"):
         wait_until_active(firehose, "missing", timeout=0.2, poll=0.1)
+
+
+@pytest.mark.stack
+def test_create_does_not_retry_other_invalid_arguments(aws_clients):
+    """Only "cannot use the role yet" is worth waiting for: any other refusal (even one naming a role) is raised
+    at once, with nothing slept."""
+    firehose = aws_clients("firehose")
+    body = {"__type": "InvalidArgumentException", "message": f"Role {ROLE_ARN} has no trust policy for this region"}
+
+    def answer(**_):
+        return AWSResponse("http://local", 400, {"Content-Type": "application/x-amz-json-1.1"},
+                           _Raw(json.dumps(body).encode()))
+
+    firehose.meta.events.register("before-send.firehose.CreateDeliveryStream", answer)
+    slept: list[float] = []
+    with pytest.raises(ClientError) as err:
+        create_delivery_stream(firehose, request(), sleep=slept.append)
+    assert err.value.response["Error"]["Message"] == body["message"] and slept == []
+
+
+@pytest.mark.parametrize("message", [
+    "Firehose is unable to assume role arn:aws:iam::123456789012:role/FirehoseToS3Role. Please check the role provided.",
+    "Role arn:aws:iam::123456789012:role/FirehoseToS3Role is not authorized to perform: kinesis:DescribeStream on "
+    "resource arn:aws:kinesis:us-east-1:123456789012:stream/jm-demo-kinesis-lab.",
+    "The security token included in the request is invalid. Ensure that the provided IAM role associated with "
+    "firehose is not deleted.",
+])
+def test_the_role_not_ready_messages_are_the_ones_retried(message):
+    assert ROLE_NOT_READY.search(message)
+    assert ROLE_PROPAGATION_TIMEOUT == 120
+
+
+@pytest.mark.stack
+def test_producing_is_refused_until_the_delivery_stream_is_active(aws_clients):
+    firehose = aws_clients("firehose")
+    with pytest.raises(DeliveryStreamNotActive) as err:
+        require_active(firehose, "salud-firehose-tos3")
+    assert str(err.value) == (
+        "delivery stream salud-firehose-tos3 does not exist: Firehose reads the Kinesis stream from the moment it is "
+        "ACTIVE: records sent now would never reach S3. Run notebook 03 first, then this cell again")
+    create_delivery_stream(firehose, request())
+
+    def creating(parsed, **_):
+        parsed["DeliveryStreamDescription"]["DeliveryStreamStatus"] = "CREATING"
+
+    firehose.meta.events.register("after-call.firehose.DescribeDeliveryStream", creating)
+    with pytest.raises(DeliveryStreamNotActive) as err:
+        require_active(firehose, "salud-firehose-tos3")
+    assert str(err.value) == (
+        "delivery stream salud-firehose-tos3 is CREATING, not ACTIVE: Firehose reads the Kinesis stream from the "
+        "moment it is ACTIVE: records sent now would never reach S3. Wait for it (notebook 03 waits), then run this "
+        "cell again")
+    firehose.meta.events.unregister("after-call.firehose.DescribeDeliveryStream", creating)
+    assert require_active(firehose, "salud-firehose-tos3") == "ACTIVE"

@@ -16,11 +16,13 @@ from kinesis_lab.firehose_config import build_delivery_stream_request
 REPO = Path(__file__).resolve().parents[1]
 POLICY_README = REPO / "aws-policy" / "README.md"
 
-# (account, region, bucket, role): a few shapes of real values
+# (account, region, bucket, role, partition): a few shapes of real values
 CASES = [
-    ("123456789012", "us-east-1", "jm-demo-s3-lab-123456789012-us-east-1", "DatabricksUCRoleKinesisLab"),
-    ("000011112222", "eu-west-1", "lab-bucket", "uc-role_2"),
-    ("999988887777", "ap-southeast-2", "a1-b2.c3", "Path.Role+name=ok@x"),
+    ("123456789012", "us-east-1", "jm-demo-s3-lab-123456789012-us-east-1", "DatabricksUCRoleKinesisLab", "aws"),
+    ("000011112222", "eu-west-1", "lab-bucket", "uc-role_2", "aws"),
+    ("999988887777", "ap-southeast-2", "a1-b2.c3", "Path.Role+name=ok@x", "aws"),
+    ("444455556666", "cn-north-1", "lab-bucket-cn", "uc-role", "aws-cn"),
+    ("777788889999", "us-gov-west-1", "lab-bucket-gov", "uc-role", "aws-us-gov"),
 ]
 EXTERNAL_ID = "3f1e2d4c-aaaa-bbbb-cccc-0123456789ab"
 
@@ -47,8 +49,9 @@ def as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def values_for(account, region, bucket, role) -> dict:
+def values_for(account, region, bucket, role, partition="aws") -> dict:
     return dict(
+        partition=partition,
         account_id=account,
         region=region,
         bucket=bucket,
@@ -81,6 +84,8 @@ def test_every_template_is_rendered_by_the_helpers():
         *policies.FIREHOSE_TEMPLATES.values(),
         *policies.UC_TEMPLATES.values(),
         policies.UC_FILE_EVENTS_TEMPLATE,
+        policies.BUCKET_TLS_TEMPLATE,
+        policies.LEARNER_TEMPLATE,
     }
     assert on_disk == used
 
@@ -91,9 +96,9 @@ def test_templates_commit_no_account_ids():
         assert not re.search(r"\d{12}", path.read_text()), path.name
 
 
-@pytest.mark.parametrize("account,region,bucket,role", CASES)
-def test_firehose_trust_lets_only_firehose_for_this_account(account, region, bucket, role):
-    trust = policies.firehose_policies(**values_for(account, region, bucket, role))["trust"]
+@pytest.mark.parametrize("account,region,bucket,role,partition", CASES)
+def test_firehose_trust_lets_only_firehose_for_this_account(account, region, bucket, role, partition):
+    trust = policies.firehose_policies(**values_for(account, region, bucket, role, partition))["trust"]
     [statement] = trust["Statement"]
     assert statement["Principal"] == {"Service": "firehose.amazonaws.com"}
     assert statement["Action"] == "sts:AssumeRole"
@@ -101,27 +106,32 @@ def test_firehose_trust_lets_only_firehose_for_this_account(account, region, buc
     assert statement["Condition"] == {"StringEquals": {"sts:ExternalId": account}}
 
 
-@pytest.mark.parametrize("account,region,bucket,role", CASES)
-def test_firehose_permissions_are_scoped_to_this_stream_bucket_and_log_stream(account, region, bucket, role):
-    permissions = policies.firehose_policies(**values_for(account, region, bucket, role))["permissions"]
+@pytest.mark.parametrize("account,region,bucket,role,partition", CASES)
+def test_firehose_permissions_are_scoped_to_this_stream_bucket_and_log_stream(account, region, bucket, role, partition):
+    permissions = policies.firehose_policies(**values_for(account, region, bucket, role, partition))["permissions"]
     assert actions_by_resource(permissions) == {
-        f"arn:aws:kinesis:{region}:{account}:stream/jm-demo-kinesis-lab": FIREHOSE_ACTIONS["kinesis"],
-        f"arn:aws:s3:::{bucket}": FIREHOSE_ACTIONS["bucket"],
-        f"arn:aws:s3:::{bucket}/*": FIREHOSE_ACTIONS["objects"],
-        f"arn:aws:logs:{region}:{account}:log-group:/aws/kinesisfirehose/salud-firehose-tos3"
+        f"arn:{partition}:kinesis:{region}:{account}:stream/jm-demo-kinesis-lab": FIREHOSE_ACTIONS["kinesis"],
+        f"arn:{partition}:s3:::{bucket}": FIREHOSE_ACTIONS["bucket"],
+        f"arn:{partition}:s3:::{bucket}/*": FIREHOSE_ACTIONS["objects"],
+        f"arn:{partition}:logs:{region}:{account}:log-group:/aws/kinesisfirehose/salud-firehose-tos3"
         f":log-stream:{policies.FIREHOSE_LOG_STREAM}": FIREHOSE_ACTIONS["logs"],
     }
+    # S3 only in this account's buckets (s3:ResourceAccount), as AWS's guidance for Firehose asks
+    for statement in permissions["Statement"]:
+        s3_statement = any(a.startswith("s3:") for a in as_list(statement["Action"]))
+        expected = {"StringEquals": {"s3:ResourceAccount": account}} if s3_statement else None
+        assert statement.get("Condition") == expected, statement["Sid"]
 
 
-@pytest.mark.parametrize("account,region,bucket,role", CASES)
+@pytest.mark.parametrize("account,region,bucket,role,partition", CASES)
 def test_uc_trust_names_the_uc_master_role_and_the_role_itself_with_the_external_id(
-    account, region, bucket, role
+    account, region, bucket, role, partition
 ):
-    rendered = policies.uc_policies(**values_for(account, region, bucket, role))
+    rendered = policies.uc_policies(**values_for(account, region, bucket, role, partition))
     [statement] = rendered["trust"]["Statement"]
     assert set(statement["Principal"]["AWS"]) == {
         policies.UC_MASTER_ROLE_ARN,
-        f"arn:aws:iam::{account}:role/{role}",
+        f"arn:{partition}:iam::{account}:role/{role}",
     }
     assert statement["Action"] == "sts:AssumeRole"
     assert statement["Condition"] == {"StringEquals": {"sts:ExternalId": EXTERNAL_ID}}
@@ -137,13 +147,13 @@ def test_uc_master_role_default_is_databricks_commercial_aws_one():
     )
 
 
-@pytest.mark.parametrize("account,region,bucket,role", CASES)
-def test_uc_permissions_are_scoped_to_the_bucket_and_the_role_itself(account, region, bucket, role):
-    permissions = policies.uc_policies(**values_for(account, region, bucket, role))["permissions"]
+@pytest.mark.parametrize("account,region,bucket,role,partition", CASES)
+def test_uc_permissions_are_scoped_to_the_bucket_and_the_role_itself(account, region, bucket, role, partition):
+    permissions = policies.uc_policies(**values_for(account, region, bucket, role, partition))["permissions"]
     assert actions_by_resource(permissions) == {
-        f"arn:aws:s3:::{bucket}": UC_ACTIONS["bucket"],
-        f"arn:aws:s3:::{bucket}/*": UC_ACTIONS["objects"],
-        f"arn:aws:iam::{account}:role/{role}": UC_ACTIONS["self"],
+        f"arn:{partition}:s3:::{bucket}": UC_ACTIONS["bucket"],
+        f"arn:{partition}:s3:::{bucket}/*": UC_ACTIONS["objects"],
+        f"arn:{partition}:iam::{account}:role/{role}": UC_ACTIONS["self"],
     }
 
 
@@ -158,9 +168,9 @@ def iam_access_levels() -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("account,region,bucket,role", CASES)
-def test_uc_role_only_reads_s3(account, region, bucket, role):
-    permissions = policies.uc_policies(**values_for(account, region, bucket, role))["permissions"]
+@pytest.mark.parametrize("account,region,bucket,role,partition", CASES)
+def test_uc_role_only_reads_s3(account, region, bucket, role, partition):
+    permissions = policies.uc_policies(**values_for(account, region, bucket, role, partition))["permissions"]
     assert policies.s3_write_actions(permissions) == []
     levels = iam_access_levels()
     s3_actions = {a for s in permissions["Statement"] for a in as_list(s["Action"]) if a.startswith("s3:")}
@@ -194,9 +204,9 @@ def test_s3_write_actions_rule():
             assert level in ("Read", "List"), action
 
 
-@pytest.mark.parametrize("account,region,bucket,role", CASES)
-def test_no_wildcard_actions_and_no_star_resource(account, region, bucket, role):
-    for name, policy in all_policies(values_for(account, region, bucket, role)).items():
+@pytest.mark.parametrize("account,region,bucket,role,partition", CASES)
+def test_no_wildcard_actions_and_no_star_resource(account, region, bucket, role, partition):
+    for name, policy in all_policies(values_for(account, region, bucket, role, partition)).items():
         for statement in policy["Statement"]:
             for action in as_list(statement["Action"]):
                 assert "*" not in action, f"{name}: wildcard action {action}"
@@ -229,10 +239,10 @@ def test_file_events_star_resource_only_for_actions_aws_cannot_scope():
                 ), resource
 
 
-@pytest.mark.parametrize("account,region,bucket,role", CASES)
-def test_parliament_finds_nothing(account, region, bucket, role):
-    for name, policy in all_policies(values_for(account, region, bucket, role)).items():
-        trust_role = f"arn:aws:iam::{account}:role/{role}" if "trust" in name else None
+@pytest.mark.parametrize("account,region,bucket,role,partition", CASES)
+def test_parliament_finds_nothing(account, region, bucket, role, partition):
+    for name, policy in all_policies(values_for(account, region, bucket, role, partition)).items():
+        trust_role = f"arn:{partition}:iam::{account}:role/{role}" if "trust" in name else None
         assert policies.lint_policy(policy, trust_role_arn=trust_role) == [], name
 
 
@@ -275,8 +285,8 @@ def test_missing_placeholder_names_what_to_pass():
     with pytest.raises(policies.PolicyTemplateError) as err:
         policies.render_policy("uc-trust-policy", account_id="123456789012", role_name="r")
     assert str(err.value) == (
-        "policy template 'uc-trust-policy' needs a value for: external_id, uc_master_role_arn "
-        "(pass external_id=..., uc_master_role_arn=...)"
+        "policy template 'uc-trust-policy' needs a value for: external_id, partition, uc_master_role_arn "
+        "(pass external_id=..., partition=..., uc_master_role_arn=...)"
     )
 
 
@@ -348,3 +358,139 @@ def test_readme_documents_every_template_and_placeholder():
     for action in set().union(*FIREHOSE_ACTIONS.values(), *UC_ACTIONS.values()):
         assert f"`{action}`" in readme, f"{action} not explained in the README table"
     assert "read_only=True" in readme and "`s3:PutBucketNotification`" in readme
+
+
+# --- the learner's own policy ---------------------------------------------------------------------------------
+LEARNER_VALUES = dict(
+    account_id="123456789012", region="eu-west-1", bucket="lab-bucket", stream_name="lab-stream",
+    delivery_stream_name="lab-delivery", firehose_role_name="LabFirehoseRole", uc_role_name="LabUCRole",
+    log_group="/aws/kinesisfirehose/lab-delivery", landing_prefix="bronze/ingestion_date=", error_prefix="errors/",
+)
+LEARNER_ACTIONS = {  # resource -> actions: what notebooks 01-06 and 99 call, on the lab's names only
+    "role/LabFirehoseRole|role/LabUCRole": {
+        "iam:CreateRole", "iam:DeleteRole", "iam:DeleteRolePolicy", "iam:GetRole", "iam:GetRolePolicy",
+        "iam:ListAttachedRolePolicies", "iam:ListRolePolicies", "iam:ListRoleTags", "iam:PutRolePolicy",
+        "iam:TagRole", "iam:UpdateAssumeRolePolicy"},
+    "bucket": {
+        "s3:CreateBucket", "s3:DeleteBucket", "s3:GetBucketPolicy", "s3:GetBucketPublicAccessBlock",
+        "s3:GetBucketTagging", "s3:GetEncryptionConfiguration", "s3:ListBucket", "s3:ListBucketVersions",
+        "s3:PutBucketPolicy", "s3:PutBucketPublicAccessBlock", "s3:PutBucketTagging", "s3:PutEncryptionConfiguration"},
+    "stream": {
+        "kinesis:AddTagsToStream", "kinesis:CreateStream", "kinesis:DeleteStream", "kinesis:DescribeStream",
+        "kinesis:DescribeStreamSummary", "kinesis:ListShards", "kinesis:ListTagsForStream", "kinesis:PutRecords",
+        "kinesis:StartStreamEncryption"},
+    "delivery stream": {
+        "firehose:CreateDeliveryStream", "firehose:DeleteDeliveryStream", "firehose:DescribeDeliveryStream",
+        "firehose:ListTagsForDeliveryStream", "firehose:TagDeliveryStream"},
+    "log group": {
+        "logs:CreateLogGroup", "logs:CreateLogStream", "logs:DeleteLogGroup", "logs:ListTagsLogGroup",
+        "logs:PutRetentionPolicy", "logs:TagResource"},
+}
+
+
+@pytest.mark.parametrize("partition", ["aws", "aws-cn", "aws-us-gov"])
+def test_learner_policy_names_only_the_labs_resources(partition):
+    policy = policies.learner_policy(**LEARNER_VALUES, partition=partition)
+    arn = f"arn:{partition}"
+    pairs = actions_by_resource(policy)
+    roles = {f"{arn}:iam::123456789012:role/LabFirehoseRole", f"{arn}:iam::123456789012:role/LabUCRole"}
+    assert {r: pairs[r] - {"iam:PassRole"} for r in roles} == {r: LEARNER_ACTIONS["role/LabFirehoseRole|role/LabUCRole"]
+                                                               for r in roles}
+    assert pairs[f"{arn}:s3:::lab-bucket"] == LEARNER_ACTIONS["bucket"]
+    # objects: read what Firehose delivered, delete only under the lab's two prefixes
+    assert pairs[f"{arn}:s3:::lab-bucket/bronze/ingestion_date=*"] == {
+        "s3:GetObject", "s3:DeleteObject", "s3:DeleteObjectVersion"}
+    assert pairs[f"{arn}:s3:::lab-bucket/errors/*"] == {"s3:DeleteObject", "s3:DeleteObjectVersion"}
+    assert pairs[f"{arn}:kinesis:eu-west-1:123456789012:stream/lab-stream"] == LEARNER_ACTIONS["stream"]
+    # StartStreamEncryption is also checked against the KMS key (AWS's alias/aws/kinesis): keys of this account
+    assert pairs[f"{arn}:kms:eu-west-1:123456789012:key/*"] == {"kinesis:StartStreamEncryption"}
+    assert pairs[f"{arn}:firehose:eu-west-1:123456789012:deliverystream/lab-delivery"] == LEARNER_ACTIONS[
+        "delivery stream"]
+    group = f"{arn}:logs:eu-west-1:123456789012:log-group:/aws/kinesisfirehose/lab-delivery"
+    assert pairs[group] == pairs[group + ":*"] == LEARNER_ACTIONS["log group"]
+    assert len(pairs) == 10  # nothing else
+    assert "arn:aws:" not in json.dumps(policy) or partition == "aws"
+
+
+def test_learner_may_pass_only_the_firehose_role_and_only_to_firehose():
+    policy = policies.learner_policy(**LEARNER_VALUES)
+    passing = [s for s in policy["Statement"] if "iam:PassRole" in as_list(s["Action"])]
+    assert passing == [{
+        "Sid": "PassTheFirehoseRoleToFirehoseOnly",
+        "Effect": "Allow",
+        "Action": "iam:PassRole",
+        "Resource": "arn:aws:iam::123456789012:role/LabFirehoseRole",
+        "Condition": {"StringEquals": {"iam:PassedToService": "firehose.amazonaws.com"}},
+    }]
+    assert all("Condition" not in s for s in policy["Statement"] if s is not passing[0])
+
+
+def test_parliament_on_the_learner_policy_finds_only_the_bucket_policy_escalation():
+    """Whoever may write a bucket's policy may grant themselves anything on that bucket: parliament says so for
+    the object actions the learner policy narrows. The learner needs s3:PutBucketPolicy for the TLS-only policy;
+    the narrowing still keeps the lab's own code (teardown) off other objects. aws-policy/README.md explains."""
+    findings = policies.lint_policy(policies.learner_policy(**LEARNER_VALUES))
+    assert sorted((f["issue"], f["detail"]) for f in findings) == sorted(
+        ("RESOURCE_POLICY_PRIVILEGE_ESCALATION", f"Possible resource policy privilege escalation on "
+         f"arn:aws:s3:::lab-bucket due to {action} not being allowed, but does allow s3:PutBucketPolicy")
+        for action in ("s3:PutObject", "s3:GetObject", "s3:DeleteObject"))
+
+
+def test_learner_values_come_from_a_lab_session():
+    cfg = LabConfig(region="eu-west-1", home=REPO, bucket="lab-bucket", stream_name="lab-stream",
+                    delivery_stream_name="lab-delivery", firehose_role_name="LabFirehoseRole",
+                    uc_role_name="LabUCRole")
+    session = LabSession(cfg=cfg, account_id="123456789012", bucket="lab-bucket", endpoint=None)
+    assert policies.learner_values(session) == {**LEARNER_VALUES, "partition": "aws"}
+    assert policies.learner_policy(session) == policies.learner_policy(**LEARNER_VALUES)
+
+
+def test_learner_policy_is_printed_for_an_account_without_calling_aws(capsys, monkeypatch):
+    monkeypatch.setattr("kinesis_lab.aws.connect", lambda *a, **k: pytest.fail("no AWS call needed"))
+    for var in ("LAB_BUCKET", "LAB_REGION", "AWS_REGION", "AWS_DEFAULT_REGION", "LAB_STREAM_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    policies.main(["learner", "--account-id", "111122223333", "--partition", "aws-cn"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == policies.learner_policy(
+        partition="aws-cn", account_id="111122223333", region="us-east-1",
+        bucket="jm-demo-s3-lab-111122223333-us-east-1", stream_name="jm-demo-kinesis-lab",
+        delivery_stream_name="salud-firehose-tos3", firehose_role_name="FirehoseToS3Role",
+        uc_role_name="DatabricksUCRoleKinesisLab", log_group="/aws/kinesisfirehose/salud-firehose-tos3",
+        landing_prefix="bronze/ingestion_date=", error_prefix="errors/")
+
+
+# --- the bucket policy: TLS only -------------------------------------------------------------------------------
+def test_bucket_tls_policy_denies_requests_without_tls_on_the_bucket_and_its_objects():
+    policy = policies.bucket_tls_policy(None, bucket="lab-bucket", partition="aws-cn")
+    assert policy == {"Version": "2012-10-17", "Statement": [{
+        "Sid": "KinesisLabDenyInsecureTransport",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:*",
+        "Resource": ["arn:aws-cn:s3:::lab-bucket", "arn:aws-cn:s3:::lab-bucket/*"],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }]}
+    assert policies.lint_policy(policy) == []
+
+
+def test_bucket_tls_policy_merges_with_what_the_bucket_has_and_is_idempotent():
+    theirs = {"Sid": "AuditorsRead", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
+              "Action": "s3:GetObject", "Resource": "arn:aws:s3:::lab-bucket/*"}
+    stale_lab = {"Sid": "KinesisLabDenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+                 "Resource": "arn:aws:s3:::old-name", "Condition": {"Bool": {"aws:SecureTransport": "false"}}}
+    current = json.dumps({"Version": "2012-10-17", "Id": "kept", "Statement": [theirs, stale_lab]})
+    merged = policies.bucket_tls_policy(current, bucket="lab-bucket")
+    lab = policies.bucket_tls_policy(None, bucket="lab-bucket")["Statement"][0]
+    assert merged == {"Version": "2012-10-17", "Id": "kept", "Statement": [theirs, lab]}
+    assert policies.bucket_tls_policy(json.dumps(merged), bucket="lab-bucket") == merged
+    single = {"Version": "2012-10-17", "Statement": theirs}  # a lone statement may be an object, not a list
+    assert policies.bucket_tls_policy(single, bucket="lab-bucket")["Statement"] == [theirs, lab]
+
+
+def test_readme_documents_the_learner_policy():
+    readme = POLICY_README.read_text()
+    for action in set().union(*LEARNER_ACTIONS.values()) | {"iam:PassRole", "s3:GetObject", "s3:DeleteObject",
+                                                            "s3:DeleteObjectVersion"}:
+        assert f"`{action}`" in readme, f"{action} not explained in the README"
+    assert "python -m kinesis_lab.policies learner" in readme and "RESOURCE_POLICY_PRIVILEGE_ESCALATION" in readme

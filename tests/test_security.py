@@ -10,7 +10,9 @@ Covered elsewhere, not repeated here:
   the pipeline's Spark processes, seen listening during a real run: tests/test_faults.py
   (test_the_pipelines_spark_server_listens_on_loopback_only);
 - `kinesis-lab ... --target aws` without the opt-in: tests/test_stack_cli.py::test_aws_target_without_opt_in_is_refused;
-- teardown deletes only what carries the lab's tag: tests/test_teardown.py.
+- teardown deletes only what carries the lab's tag, and in the bucket only the lab's prefixes: tests/test_teardown.py;
+- names the lab did not create are never changed (notebooks 01, 02, 99) and the learner's own IAM policy is enough
+  for the whole series, enforced: tests/test_notebooks_ownership_and_aws_target.py.
 """
 
 from __future__ import annotations
@@ -202,7 +204,7 @@ def test_teardown_that_cannot_read_a_buckets_tags_deletes_nothing(aws_clients, c
     set_iam_enforcement(clean_stack.endpoint, True)
     try:
         with pytest.raises(ClientError) as err:
-            teardown.delete_bucket(cleaner.client("s3"), LAB_BUCKET, LAB_TAGS)
+            teardown.delete_bucket(cleaner.client("s3"), LAB_BUCKET, LAB_TAGS, prefixes=["bronze/", "errors/"])
     finally:
         set_iam_enforcement(clean_stack.endpoint, False)
     assert err.value.response["Error"]["Code"] in DENIED

@@ -15,7 +15,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from kinesis_lab import policies, uc
+from kinesis_lab import ownership, policies, uc
 from kinesis_lab.stack import set_iam_enforcement
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,6 +24,7 @@ LAB_BUCKET = "jm-demo-s3-lab-123456789012-us-east-1"
 OTHER_BUCKET = "someone-elses-bucket"
 ROLE_NAME = "DatabricksUCRoleKinesisLab"
 EXTERNAL_ID = "3f1e2d4c-aaaa-bbbb-cccc-0123456789ab"
+LAB_TAGS = {"project": "kinesis-lab"}
 ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
 
 
@@ -210,14 +211,59 @@ def test_a_read_write_policy_left_by_an_older_lab_is_narrowed(aws_clients):
         {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
          "Resource": f"arn:aws:s3:::{LAB_BUCKET}/*"}]}
     args = dict(role_name=ROLE_NAME, account_id=account, bucket=LAB_BUCKET, external_id=EXTERNAL_ID)
-    uc.ensure_uc_role(iam, **args)
+    uc.ensure_uc_role(iam, **args, tags=LAB_TAGS)
     iam.put_role_policy(RoleName=ROLE_NAME, PolicyName=uc.UC_PERMISSIONS_POLICY_NAME, PolicyDocument=json.dumps(old))
-    again = uc.ensure_uc_role(iam, **args)
+    again = uc.ensure_uc_role(iam, **args, tags=LAB_TAGS)
     assert again["permissions_changed"] and f"read-only, bucket {LAB_BUCKET} only" in again["steps"][-1]
     stored = iam.get_role_policy(RoleName=ROLE_NAME, PolicyName=uc.UC_PERMISSIONS_POLICY_NAME)["PolicyDocument"]
     assert policies.s3_write_actions(stored) == []
     assert policies.canonical(stored) == policies.canonical(
         policies.uc_policies(**args, uc_master_role_arn=policies.UC_MASTER_ROLE_ARN)["permissions"])
+
+
+@pytest.mark.stack
+def test_a_role_of_that_name_that_is_not_the_labs_is_never_changed(aws_clients):
+    iam = aws_clients("iam")
+    account = aws_clients("sts").get_caller_identity()["Account"]
+    theirs = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"}, "Action": "sts:AssumeRole"}]}
+    iam.create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=json.dumps(theirs), Tags=[{"Key": "team", "Value": "bi"}])
+    args = dict(role_name=ROLE_NAME, account_id=account, bucket=LAB_BUCKET, external_id=EXTERNAL_ID, tags=LAB_TAGS)
+    with pytest.raises(ownership.NotTheLabs) as err:
+        uc.ensure_uc_role(iam, **args)
+    assert str(err.value) == (
+        f"IAM role {ROLE_NAME} already exists and is not this lab's (no tag project=kinesis-lab; its tags: team=bi): "
+        "the lab will not tag, change or delete it. Choose another name with LAB_UC_ROLE_NAME and run this notebook "
+        "again.")
+    role = iam.get_role(RoleName=ROLE_NAME)["Role"]
+    assert policies.canonical(role["AssumeRolePolicyDocument"]) == policies.canonical(theirs)
+    assert iam.list_role_tags(RoleName=ROLE_NAME)["Tags"] == [{"Key": "team", "Value": "bi"}]
+    assert iam.list_role_policies(RoleName=ROLE_NAME)["PolicyNames"] == []
+
+
+@pytest.mark.stack
+def test_the_labs_role_with_a_policy_the_lab_did_not_put_is_refused(aws_clients):
+    iam = aws_clients("iam")
+    account = aws_clients("sts").get_caller_identity()["Account"]
+    args = dict(role_name=ROLE_NAME, account_id=account, bucket=LAB_BUCKET, external_id=EXTERNAL_ID, tags=LAB_TAGS)
+    uc.ensure_uc_role(iam, **args)
+    iam.put_role_policy(RoleName=ROLE_NAME, PolicyName="write-everything", PolicyDocument=json.dumps(ALLOW_ALL))
+    trust_before = iam.get_role(RoleName=ROLE_NAME)["Role"]["AssumeRolePolicyDocument"]
+    with pytest.raises(ownership.NotTheLabs) as err:
+        uc.ensure_uc_role(iam, **{**args, "external_id": "another-id"})
+    assert str(err.value) == (
+        f"IAM role {ROLE_NAME} carries policies the lab did not put there: inline policy write-everything. The lab's "
+        "role may only carry kinesis-lab-uc-file-events, kinesis-lab-uc-s3-access: remove the others (aws iam "
+        "delete-role-policy / detach-role-policy) or choose another name with LAB_UC_ROLE_NAME.")
+    assert iam.get_role(RoleName=ROLE_NAME)["Role"]["AssumeRolePolicyDocument"] == trust_before  # unchanged
+
+
+def test_the_role_arns_follow_the_partition():
+    rendered = policies.uc_policies(account_id="123456789012", role_name=ROLE_NAME, bucket=LAB_BUCKET,
+                                    external_id=EXTERNAL_ID, partition="aws-us-gov")
+    assert f"arn:aws-us-gov:iam::123456789012:role/{ROLE_NAME}" in rendered["trust"]["Statement"][0]["Principal"]["AWS"]
+    resources = json.dumps(rendered["permissions"])
+    assert "arn:aws:" not in resources and f"arn:aws-us-gov:s3:::{LAB_BUCKET}/*" in resources
 
 
 @pytest.mark.stack

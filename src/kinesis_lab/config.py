@@ -30,6 +30,7 @@ ENV_VARS = {
     "LAB_COMPRESSION": "compression",
     "LAB_CATALOG": "catalog",
     "LAB_HOME": "home",
+    "LAB_AWS_ENDPOINT_URL": "aws_endpoint_url",
 }
 
 DEFAULT_LOCAL_BUFFER_INTERVAL = 5  # seconds: the local stack is a classroom, not a bill
@@ -68,6 +69,8 @@ class LabConfig:
     catalog: str = "kinesis_lab"
     home: Path = field(default_factory=find_home)
     project_tag: str = "kinesis-lab"
+    # target aws only: an AWS-compatible endpoint (LocalStack, a moto server in CI) instead of AWS itself
+    aws_endpoint_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -136,8 +139,22 @@ def _coerce(name: str, raw: str):
     return raw
 
 
+def profile_region() -> str | None:
+    """The region of the AWS profile in use (``AWS_PROFILE`` or default, from ~/.aws/config), if any."""
+    import boto3
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        return boto3.Session().region_name
+    except BotoCoreError:  # e.g. AWS_PROFILE names a profile that does not exist
+        return None
+
+
 def load_config(**overrides) -> LabConfig:
-    """Resolve the configuration. ``overrides`` are notebook parameters; ``None`` means 'not given'."""
+    """Resolve the configuration. ``overrides`` are notebook parameters; ``None`` means 'not given'.
+
+    Region: the ``region`` parameter > LAB_REGION > AWS_REGION / AWS_DEFAULT_REGION > the AWS profile's
+    region > us-east-1."""
     values: dict = {}
     for env, name in ENV_VARS.items():
         raw = os.environ.get(env)
@@ -147,6 +164,10 @@ def load_config(**overrides) -> LabConfig:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if region:
             values["region"] = region
+        elif overrides.get("region") in (None, ""):
+            region = profile_region()
+            if region:
+                values["region"] = region
     unknown = set(overrides) - set(LabConfig.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")

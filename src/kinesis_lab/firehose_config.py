@@ -20,12 +20,19 @@ from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 
+from kinesis_lab.aws import error_code, error_message
 from kinesis_lab.local_firehose import expressions
 
 MAX_PREFIX_LENGTH = 1024
 SIZE_RANGE = (1, 128)  # BufferingHints.SizeInMBs
 INTERVAL_RANGE = (0, 900)  # BufferingHints.IntervalInSeconds
-ROLE_NOT_READY = re.compile(r"assume|role", re.IGNORECASE)
+# what Firehose answers (InvalidArgumentException) while a just-created role or its policy propagates in IAM
+ROLE_NOT_READY = re.compile(
+    r"Firehose is unable to assume role|is not authorized to perform: kinesis:"
+    r"|security token included in the request is invalid"
+)
+ROLE_PROPAGATION_TIMEOUT = 120  # seconds
+LOG_RETENTION_DAYS = 14  # the delivery-error log group's retention: CloudWatch keeps (and bills) events forever by default
 BUCKET_ARN = re.compile(r"^arn:[\w-]+:s3:::[a-z0-9][a-z0-9.\-]{1,254}$")
 
 
@@ -53,6 +60,10 @@ class Finding:
 
 class RoleNotAssumable(RuntimeError):
     """Firehose kept refusing the role (still propagating after the timeout, or a wrong trust policy)."""
+
+
+class DeliveryStreamNotActive(RuntimeError):
+    """The delivery stream is missing or not ACTIVE yet: records produced now would never be delivered."""
 
 
 def build_delivery_stream_request(
@@ -212,23 +223,20 @@ def _buffering_problems(hints: dict) -> list[str]:
     return found
 
 
-def _error_code(exc: ClientError) -> str:
-    return exc.response.get("Error", {}).get("Code", "")
-
-
 def create_delivery_stream(
     firehose_client,
     kwargs: dict,
     *,
-    role_propagation_timeout: float = 60,
+    role_propagation_timeout: float = ROLE_PROPAGATION_TIMEOUT,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict:
     """Validate, then create. Returns ``{"created": bool, "arn": str, "message": str, "warnings": [str]}``.
 
     Problems (``validate_delivery_config``) raise ``DeliveryConfigError`` before any call; warnings
     (``delivery_config_warnings``) do not stop it and are returned. An existing delivery stream of that
-    name is kept (created False). On AWS a role created seconds ago may not be assumable yet: Firehose
-    answers InvalidArgumentException, retried with backoff."""
+    name is kept (created False). On AWS a role created seconds ago may not be usable yet: Firehose answers
+    InvalidArgumentException with one of the ``ROLE_NOT_READY`` messages, retried with backoff for up to
+    ``role_propagation_timeout`` seconds; any other error is raised at once."""
     problems = validate_delivery_config(kwargs)
     if problems:
         raise DeliveryConfigError(problems)
@@ -242,7 +250,7 @@ def create_delivery_stream(
             return {"created": True, "arn": arn, "message": f"created delivery stream {name}",
                     "warnings": warnings}
         except ClientError as exc:
-            code = _error_code(exc)
+            code = error_code(exc)
             if code == "ResourceInUseException":
                 desc = firehose_client.describe_delivery_stream(DeliveryStreamName=name)
                 return {
@@ -252,7 +260,7 @@ def create_delivery_stream(
                     "(delete it first to change its configuration)",
                     "warnings": warnings,
                 }
-            message = exc.response.get("Error", {}).get("Message", "")
+            message = error_message(exc)
             if code != "InvalidArgumentException" or not ROLE_NOT_READY.search(message):
                 raise
             if time.monotonic() + delay > deadline:
@@ -275,7 +283,7 @@ def wait_until_active(firehose_client, name: str, timeout: float = 300, poll: fl
             ]
             status = desc["DeliveryStreamStatus"]
         except ClientError as exc:
-            if _error_code(exc) != "ResourceNotFoundException":  # just created: may not be visible yet
+            if error_code(exc) != "ResourceNotFoundException":  # just created: may not be visible yet
                 raise
             status = "not found"
         if status == "ACTIVE":
@@ -289,3 +297,25 @@ def wait_until_active(firehose_client, name: str, timeout: float = 300, poll: fl
                 "console (or describe_delivery_stream) and call wait_until_active again"
             )
         time.sleep(poll)
+
+
+def require_active(firehose_client, name: str) -> str:
+    """Refuse to go on unless delivery stream ``name`` exists and is ACTIVE (returned). Firehose reads a Kinesis
+    source from LATEST once it is active: records put into the stream before that are never delivered."""
+    why = "Firehose reads the Kinesis stream from the moment it is ACTIVE: records sent now would never reach S3"
+    try:
+        status = firehose_client.describe_delivery_stream(DeliveryStreamName=name)["DeliveryStreamDescription"][
+            "DeliveryStreamStatus"
+        ]
+    except ClientError as exc:
+        if error_code(exc) != "ResourceNotFoundException":
+            raise
+        raise DeliveryStreamNotActive(
+            f"delivery stream {name} does not exist: {why}. Run notebook 03 first, then this cell again"
+        ) from exc
+    if status != "ACTIVE":
+        raise DeliveryStreamNotActive(
+            f"delivery stream {name} is {status}, not ACTIVE: {why}. Wait for it (notebook 03 waits), "
+            "then run this cell again"
+        )
+    return status

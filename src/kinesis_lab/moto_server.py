@@ -1,6 +1,27 @@
-"""Run moto's HTTP server (AWS APIs on 127.0.0.1) without a log line per request, with one
-performance fix for large Kinesis loads (same behaviour, no quadratic cost), and a cheap health
-route (``HEALTH_PATH``) that answers who this server is without touching the AWS state it holds."""
+"""Run moto's HTTP server (AWS APIs on 127.0.0.1) without a log line per request, with one performance fix
+for large Kinesis loads (same behaviour, no quadratic cost), a cheap health route (``HEALTH_PATH``) that
+answers who this server is without touching the AWS state it holds, and fixes that bring moto 5.2 closer
+to AWS:
+
+- ``create_stream(Tags=...)`` keeps the tags (moto drops them);
+- with IAM enforcement on, Kinesis, Firehose and CloudWatch Logs calls (and IAM calls on a role that does not
+  exist yet) are checked against the resource's ARN, as on AWS (moto checks them against ``*``, so any policy
+  scoped to ARNs was refused);
+- a trust policy naming a service principal (``{"Service": "firehose.amazonaws.com"}``) no longer fails with
+  HTTP 500: it admits an IAM user *named* after the service (user ``firehose.amazonaws.com``), which stands in
+  for the service, since moto cannot act as one;
+- S3 requests are checked as the IAM actions AWS checks: ``HeadBucket`` as ``s3:ListBucket``, the public access
+  block and default encryption as ``s3:*BucketPublicAccessBlock`` / ``s3:*EncryptionConfiguration`` (moto checked
+  ``s3:HeadBucket``, ``s3:CreateBucket``, ``s3:ListBucket``), and ``DeleteObjects`` key by key (moto checked the
+  bucket's ARN, so a policy scoped to a prefix could delete nothing; here a batch with any refused key is refused
+  as a whole, where AWS deletes the others);
+- a statement that applies only to requests without TLS (``"Bool": {"aws:SecureTransport": "false"}``, as in the
+  lab's bucket policy) never applies: moto ignores that condition and denied every object request, while the
+  stack stands for AWS's HTTPS endpoints (its own HTTP runs on loopback only). moto cannot check that policy.
+
+With ``LAB_MOTO_AUTH_LOG`` set to a file, every check made while IAM enforcement is on is appended to it as a
+JSON line (principal, action, resource, allowed): the tests read which actions a policy was really used for.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +57,185 @@ def with_health_route(app, identity: dict):
     return wrapped
 
 
+def keep_create_stream_tags() -> None:
+    from moto.kinesis.responses import KinesisResponse
+
+    create = KinesisResponse.create_stream
+
+    def create_stream(self):
+        result = create(self)
+        tags = self._get_param("Tags")
+        if tags:
+            self.kinesis_backend.add_tags_to_stream(None, self._get_param("StreamName"), tags)
+        return result
+
+    KinesisResponse.create_stream = create_stream
+
+
+def _enforcing() -> bool:
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    return ActionAuthenticatorMixin.request_count >= settings.INITIAL_NO_AUTH_ACTION_COUNT
+
+
+def _arn(response, service: str, resource: str, region: bool = True) -> str:
+    from moto.utilities.utils import get_partition
+
+    where = response.region if region else ""
+    return f"arn:{get_partition(response.region)}:{service}:{where}:{response.current_account}:{resource}"
+
+
+def _body(response) -> dict:
+    try:
+        body = json.loads(response.body or "{}")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _kinesis_resource(response) -> str:
+    from moto.kinesis.utils import decompose_shard_iterator
+
+    body = _body(response)
+    if body.get("StreamARN"):
+        return body["StreamARN"]
+    name = body.get("StreamName")
+    if not name and body.get("ShardIterator"):  # GetRecords: moto's iterator starts with the stream name
+        try:
+            name = decompose_shard_iterator(body["ShardIterator"])[0]
+        except (ValueError, UnicodeDecodeError):
+            return "*"
+    return _arn(response, "kinesis", f"stream/{name}") if name else "*"
+
+
+def _firehose_resource(response) -> str:
+    name = _body(response).get("DeliveryStreamName")
+    return _arn(response, "firehose", f"deliverystream/{name}") if name else "*"
+
+
+def _logs_resource(response) -> str:
+    body = _body(response)
+    if body.get("resourceArn"):
+        return body["resourceArn"]
+    group = body.get("logGroupName") or body.get("logGroupIdentifier")
+    if not group:
+        return "*"
+    if group.startswith("arn:"):
+        return group
+    stream = body.get("logStreamName")
+    return _arn(response, "logs", f"log-group:{group}" + (f":log-stream:{stream}" if stream else ""))
+
+
+def check_resource_arns() -> None:
+    """Only while IAM enforcement is on (else moto ignores the resource): parsing a 5 MiB PutRecords body
+    twice would slow the default, unchecked runs."""
+    from moto.firehose.responses import FirehoseResponse
+    from moto.iam.responses import IamResponse
+    from moto.kinesis.responses import KinesisResponse
+    from moto.logs.responses import LogsResponse
+
+    for cls, resolve in ((KinesisResponse, _kinesis_resource), (FirehoseResponse, _firehose_resource),
+                         (LogsResponse, _logs_resource)):
+        cls._determine_resource = lambda self, resolve=resolve: resolve(self) if _enforcing() else "*"
+    resolve_role = IamResponse._resolve_resource_arn
+
+    def resolve_resource_arn(self, role_name: str) -> str:
+        arn = resolve_role(self, role_name)
+        if arn == "*" and _enforcing():  # a role about to be created: AWS checks its ARN too
+            return _arn(self, "iam", f"role/{role_name}", region=False)
+        return arn
+
+    IamResponse._resolve_resource_arn = resolve_resource_arn
+
+
+def service_principal_stand_ins() -> None:
+    from moto.iam.access_control import IAMPolicyStatement
+
+    def check_principal(self, principal: str) -> bool:
+        expected = self._statement.get("Principal")
+        if not expected or expected == "*":
+            return True
+        if not isinstance(expected, dict):
+            return False
+        aws = expected.get("AWS")
+        if aws == "*" or principal == aws or (aws is not None and principal in aws):  # moto's own rule
+            return True
+        services = expected.get("Service") or []
+        services = [services] if isinstance(services, str) else services
+        return ":user/" in principal and principal.rsplit("/", 1)[-1] in services
+
+    IAMPolicyStatement._check_principal = check_principal
+
+
+def _only_without_tls(statement: dict) -> bool:
+    value = (statement.get("Condition") or {}).get("Bool", {}).get("aws:SecureTransport")
+    values = value if isinstance(value, list) else [value]
+    return value is not None and all(str(v).lower() == "false" for v in values)
+
+
+def requests_count_as_tls() -> None:
+    from moto.iam.access_control import IAMPolicyStatement, PermissionResult
+
+    is_action_permitted = IAMPolicyStatement.is_action_permitted
+
+    def check(self, *args, **kwargs):
+        if _only_without_tls(self._statement):
+            return PermissionResult.NEUTRAL
+        return is_action_permitted(self, *args, **kwargs)
+
+    IAMPolicyStatement.is_action_permitted = check
+
+
+def s3_actions_as_aws_checks_them() -> None:
+    import xmltodict
+    from moto.s3 import responses
+    from moto.s3.exceptions import BucketAccessDeniedError, S3AccessDeniedError
+
+    bucket = responses.ACTION_MAP["BUCKET"]
+    bucket["HEAD"]["DEFAULT"] = "ListBucket"
+    for method, verb in (("GET", "Get"), ("PUT", "Put"), ("DELETE", "Put")):
+        bucket[method]["publicAccessBlock"] = f"{verb}BucketPublicAccessBlock"
+        bucket[method]["encryption"] = f"{verb}EncryptionConfiguration"
+
+    delete_keys = responses.S3Response._bucket_response_delete_keys
+
+    def key_by_key(self, bucket_name: str, authenticated: bool = True):
+        if authenticated or not _enforcing():
+            return delete_keys(self, bucket_name, authenticated)
+        objects = xmltodict.parse(self.body, strip_whitespace=False)["Delete"].get("Object", [])
+        for obj in objects if isinstance(objects, list) else [objects]:
+            # AWS: s3:DeleteObject always, and s3:DeleteObjectVersion for a given version (even "null")
+            for action in ("DeleteObject", "DeleteObjectVersion") if obj.get("VersionId") else ("DeleteObject",):
+                self.data["Action"] = action
+                try:
+                    self._authenticate_and_authorize_s3_action(bucket_name=bucket_name, key_name=obj["Key"])
+                except (BucketAccessDeniedError, S3AccessDeniedError):
+                    return delete_keys(self, bucket_name, authenticated=False)
+        return delete_keys(self, bucket_name, authenticated=True)
+
+    responses.S3Response._bucket_response_delete_keys = key_by_key
+
+
+def record_checks(path: str) -> None:
+    from moto.iam.access_control import IAMRequestBase
+
+    check = IAMRequestBase.check_action_permitted
+
+    def recorded(self, resource: str) -> None:
+        allowed = False
+        try:
+            check(self, resource)
+            allowed = True
+        finally:
+            line = {"principal": self._access_key.arn, "action": self._action, "resource": resource,
+                    "allowed": allowed}
+            with open(path, "a") as log:
+                log.write(json.dumps(line) + "\n")
+
+    IAMRequestBase.check_action_permitted = recorded
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -45,6 +245,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     speed_up_kinesis_shards()
+    keep_create_stream_tags()
+    check_resource_arns()
+    service_principal_stand_ins()
+    requests_count_as_tls()
+    s3_actions_as_aws_checks_them()
+    if os.environ.get("LAB_MOTO_AUTH_LOG"):
+        record_checks(os.environ["LAB_MOTO_AUTH_LOG"])
 
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,

@@ -1,8 +1,11 @@
 """The lab's IAM policies: JSON templates in ``aws-policy/`` filled with ``${placeholders}``.
 
 ``render_policy`` fills one template; ``firehose_policies`` / ``uc_policies`` fill the sets a role needs;
-``policy_diff`` shows what changes between two versions; ``lint_policy`` runs parliament (an IAM linter);
-``s3_write_actions`` lists what a policy allows on S3 beyond reading (the UC role: nothing).
+``learner_policy`` is for the learner's own IAM user or role; ``bucket_tls_policy`` merges the lab's
+deny-without-TLS statement into a bucket policy; ``policy_diff`` shows what changes between two versions;
+``lint_policy`` runs parliament (an IAM linter); ``s3_write_actions`` lists what a policy allows on S3 beyond
+reading (the UC role: nothing). Every ARN uses ``${partition}`` (``aws``, ``aws-cn``, ``aws-us-gov``), taken
+from the caller's ARN.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ FIREHOSE_LOG_STREAM = "DestinationDelivery"
 FIREHOSE_TEMPLATES = {"trust": "firehose-trust-policy", "permissions": "firehose-permissions-policy"}
 UC_TEMPLATES = {"trust": "uc-trust-policy", "permissions": "uc-permissions-policy"}
 UC_FILE_EVENTS_TEMPLATE = "uc-file-events-policy"
+BUCKET_TLS_TEMPLATE = "bucket-tls-policy"
+LEARNER_TEMPLATE = "learner-policy"
+
+# the inline policies the lab puts on its roles: a lab role carrying any other policy is refused
+FIREHOSE_POLICY_NAME = "firehose-delivery-least-privilege"
+UC_PERMISSIONS_POLICY_NAME = "kinesis-lab-uc-s3-access"
+UC_FILE_EVENTS_POLICY_NAME = "kinesis-lab-uc-file-events"  # optional (aws-policy/README.md)
 
 
 class PolicyTemplateError(ValueError):
@@ -68,11 +78,12 @@ def render_policy(name: str, **values: Any) -> dict:
 
 def firehose_values(session=None, **values: Any) -> dict:
     """Placeholder values for the Firehose role, from a ``LabSession`` (``aws.connect``) and/or keywords
-    (keywords win): account_id, region, bucket, stream_name, log_group, log_stream."""
-    filled: dict[str, Any] = {"log_stream": FIREHOSE_LOG_STREAM}
+    (keywords win): partition, account_id, region, bucket, stream_name, log_group, log_stream."""
+    filled: dict[str, Any] = {"log_stream": FIREHOSE_LOG_STREAM, "partition": "aws"}
     if session is not None:
         cfg = session.cfg
         filled.update(
+            partition=session.partition,
             account_id=session.account_id,
             region=cfg.region,
             bucket=session.bucket,
@@ -91,10 +102,11 @@ def firehose_policies(session=None, **values: Any) -> dict[str, dict]:
 
 def uc_values(session=None, *, external_id: str | None = None, **values: Any) -> dict:
     """Placeholder values for the Unity Catalog role: account_id, role_name, bucket, region, external_id,
-    uc_master_role_arn (default: Databricks' commercial-AWS UC master role)."""
-    filled: dict[str, Any] = {"uc_master_role_arn": UC_MASTER_ROLE_ARN}
+    uc_master_role_arn (default: Databricks' commercial-AWS UC master role), partition."""
+    filled: dict[str, Any] = {"uc_master_role_arn": UC_MASTER_ROLE_ARN, "partition": "aws"}
     if session is not None:
         filled.update(
+            partition=session.partition,
             account_id=session.account_id,
             role_name=session.cfg.uc_role_name,
             bucket=session.bucket,
@@ -116,15 +128,56 @@ def uc_policies(
     filled = uc_values(session, external_id=external_id, **values)
     out = {kind: render_policy(name, **filled) for kind, name in UC_TEMPLATES.items()}
     out["bootstrap_trust"] = without_principal(
-        out["trust"], role_arn(filled["account_id"], filled["role_name"])
+        out["trust"], role_arn(filled["account_id"], filled["role_name"], filled["partition"])
     )
     if file_events:
         out["file_events"] = render_policy(UC_FILE_EVENTS_TEMPLATE, **filled)
     return out
 
 
-def role_arn(account_id: str, role_name: str) -> str:
-    return f"arn:aws:iam::{account_id}:role/{role_name}"
+def role_arn(account_id: str, role_name: str, partition: str = "aws") -> str:
+    return f"arn:{partition}:iam::{account_id}:role/{role_name}"
+
+
+def learner_values(session=None, **values: Any) -> dict:
+    """Placeholder values for the learner's own policy: the lab's names, the account, region and partition,
+    and the fixed start of the Firehose prefix and error prefix (the only places the learner may delete)."""
+    from kinesis_lab.landing import static_prefix
+
+    filled: dict[str, Any] = {"partition": "aws"}
+    if session is not None:
+        cfg = session.cfg
+        filled.update(
+            partition=session.partition,
+            account_id=session.account_id,
+            region=cfg.region,
+            bucket=session.bucket,
+            stream_name=cfg.stream_name,
+            delivery_stream_name=cfg.delivery_stream_name,
+            firehose_role_name=cfg.firehose_role_name,
+            uc_role_name=cfg.uc_role_name,
+            log_group=cfg.log_group,
+            landing_prefix=static_prefix(cfg.s3_prefix),
+            error_prefix=static_prefix(cfg.error_prefix),
+        )
+    filled.update(values)
+    return filled
+
+
+def learner_policy(session=None, **values: Any) -> dict:
+    """The policy for the learner's IAM user or role: only what notebooks 01-06 and 99 call, on the lab's
+    names only; ``iam:PassRole`` only for the Firehose role, only to Firehose."""
+    return render_policy(LEARNER_TEMPLATE, **learner_values(session, **values))
+
+
+def bucket_tls_policy(current: dict | str | None, *, bucket: str, partition: str = "aws") -> dict:
+    """``current`` bucket policy (None: there is none) with the lab's statement denying requests without
+    TLS added or brought up to date; every other statement is kept as it is. Idempotent."""
+    lab = render_policy(BUCKET_TLS_TEMPLATE, bucket=bucket, partition=partition)
+    [statement] = lab["Statement"]
+    policy = json.loads(current) if isinstance(current, str) else json.loads(json.dumps(current or lab))
+    kept = [s for s in _statements(policy) if s.get("Sid") != statement["Sid"]]
+    return {**policy, "Version": policy.get("Version", lab["Version"]), "Statement": [*kept, statement]}
 
 
 def without_principal(policy: dict, principal_arn: str) -> dict:
@@ -224,20 +277,35 @@ def _statements(policy: dict) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m kinesis_lab.policies firehose|uc trust|permissions [--external-id ID]``: print a policy
-    rendered for the current target and account, to use with the AWS CLI (``file://policy.json``)."""
+    """``python -m kinesis_lab.policies firehose|uc trust|permissions [--external-id ID]`` or
+    ``python -m kinesis_lab.policies learner [--account-id ID]`` or ``python -m kinesis_lab.policies bucket tls``:
+    print a policy rendered for the current
+    target and account (or the account given: nothing is called), to use with the AWS CLI
+    (``file://policy.json``)."""
     import argparse
 
-    from kinesis_lab.aws import connect
+    from kinesis_lab.aws import LabSession, connect
     from kinesis_lab.config import load_config
 
     parser = argparse.ArgumentParser(prog="python -m kinesis_lab.policies", description=main.__doc__)
-    parser.add_argument("role", choices=["firehose", "uc"])
-    parser.add_argument("kind", choices=["trust", "permissions", "bootstrap_trust", "file_events"])
+    parser.add_argument("role", choices=["firehose", "uc", "learner", "bucket"])
+    parser.add_argument("kind", nargs="?", default="permissions",
+                        choices=["trust", "permissions", "bootstrap_trust", "file_events", "tls"])
     parser.add_argument("--external-id", default="0000", help="uc only: the storage credential's external id")
+    parser.add_argument("--account-id", help="render for this account without calling AWS")
+    parser.add_argument("--partition", default="aws", help="with --account-id: aws, aws-cn or aws-us-gov")
     args = parser.parse_args(argv)
-    session = connect(load_config(), start_stack=False)
-    if args.role == "firehose":
+    cfg = load_config()
+    if args.account_id:
+        session = LabSession(cfg=cfg, account_id=args.account_id, bucket=cfg.bucket_name(args.account_id),
+                             endpoint=None, partition=args.partition)
+    else:
+        session = connect(cfg, start_stack=False)
+    if args.role == "learner":
+        found = {"permissions": learner_policy(session)}
+    elif args.role == "bucket":  # the bucket policy the lab puts on a bucket that has none
+        found = {"tls": bucket_tls_policy(None, bucket=session.bucket, partition=session.partition)}
+    elif args.role == "firehose":
         found = firehose_policies(session)
     else:
         found = uc_policies(session, external_id=args.external_id, file_events=args.kind == "file_events")

@@ -245,8 +245,8 @@ def _start_moto(state_dir: Path, port: int, region: str, timeout: float) -> tupl
     return moto.pid, stack_id
 
 
-def _start_firehose(state_dir: Path, endpoint: str, region: str) -> int:
-    env = {**os.environ, **local_env(endpoint, region), "PYTHONUNBUFFERED": "1"}
+def _start_firehose(state_dir: Path, endpoint: str, region: str, env: dict[str, str] | None = None) -> int:
+    env = {**os.environ, **local_env(endpoint, region), "PYTHONUNBUFFERED": "1", **(env or {})}
     log = log_dir(state_dir) / "firehose.log"
     worker = _spawn([sys.executable, "-m", FIREHOSE_MODULE, f"--state-dir={state_dir / 'firehose'}"], log, env)
     time.sleep(0.3)
@@ -336,9 +336,11 @@ def _up_locked(state_dir: Path, region: str, port: int | None, timeout: float) -
     return state, tuple(started)
 
 
-def restart_firehose(state_dir: Path, region: str) -> StackState:
+def restart_firehose(state_dir: Path, region: str, env: dict[str, str] | None = None) -> StackState:
     """Stop the lab's Firehose worker(s) of this state folder and start one against the running moto
-    (it resumes from its checkpoints)."""
+    (it resumes from its checkpoints). ``env`` goes over the stack's environment: e.g. the access keys of an
+    IAM user named ``firehose.amazonaws.com``, which stands in for the Firehose service while IAM enforcement
+    is on (the stack's dummy keys are refused then)."""
     state_dir = Path(state_dir).resolve()
     with lifecycle_lock(state_dir):
         state = read_state(state_dir)
@@ -346,7 +348,7 @@ def restart_firehose(state_dir: Path, region: str) -> StackState:
         if state is None or not live["moto"] or live["moto"][0][0] != state.moto_pid:
             raise StackError("the local stack is not running: start it with `kinesis-lab up`")
         procs.stop([(pid, firehose_signature(state_dir), st) for pid, st in live["firehose"]])
-        state.firehose_pid = _start_firehose(state_dir, state.endpoint, state.region)
+        state.firehose_pid = _start_firehose(state_dir, state.endpoint, state.region, env)
         state.firehose_started = procs.start_time(state.firehose_pid)
         _write_state(state_dir, state)
         return state

@@ -24,10 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kinesis_lab import policies
+from kinesis_lab import ownership, policies
+from kinesis_lab.aws import error_code
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "databricks" / "sql"
-UC_PERMISSIONS_POLICY_NAME = "kinesis-lab-uc-s3-access"
+UC_PERMISSIONS_POLICY_NAME = policies.UC_PERMISSIONS_POLICY_NAME
+# the inline policies a lab UC role may carry (the file-events one is optional)
+UC_LAB_POLICIES = {policies.UC_PERMISSIONS_POLICY_NAME, policies.UC_FILE_EVENTS_POLICY_NAME}
 # what the trust policy carries before Databricks has issued the credential's external id
 PLACEHOLDER_EXTERNAL_ID = "0000"
 PROPAGATION_DELAYS = (2, 4, 8, 16)  # seconds; a new role can take a few seconds to be usable as a principal
@@ -38,10 +41,6 @@ class SqlTemplateError(ValueError):
 
 
 # --- the IAM role ----------------------------------------------------------------------------------------
-def _error_code(exc: Exception) -> str:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-
-
 def _retry_while_propagating(call, delays=PROPAGATION_DELAYS, sleep=time.sleep):
     """Run ``call``; retry on MalformedPolicyDocument, which AWS returns while a just-created role is not
     yet accepted as a principal."""
@@ -49,7 +48,7 @@ def _retry_while_propagating(call, delays=PROPAGATION_DELAYS, sleep=time.sleep):
         try:
             return call()
         except Exception as exc:
-            if _error_code(exc) != "MalformedPolicyDocument" or delay is None:
+            if error_code(exc) != "MalformedPolicyDocument" or delay is None:
                 raise
             sleep(delay)
 
@@ -61,11 +60,16 @@ def ensure_uc_role(
     account_id: str,
     bucket: str,
     external_id: str,
-    tags: dict[str, str] | None = None,
+    tags: dict[str, str],
     uc_master_role_arn: str = policies.UC_MASTER_ROLE_ARN,
+    partition: str = "aws",
     sleep=time.sleep,
 ) -> dict:
     """Create or update the role Unity Catalog assumes to reach ``bucket``. Idempotent.
+
+    A role of that name must be the lab's (the project tag of ``tags``, put on it at creation) and carry no
+    policy but the lab's, else ``ownership.NotTheLabs`` is raised before anything is changed; an existing role
+    is never re-tagged.
 
     Returns ``{"role_arn", "created", "trust_changed", "permissions_changed", "old_trust", "new_trust",
     "steps"}``; ``policies.policy_diff(result["old_trust"], result["new_trust"])`` shows the change."""
@@ -75,10 +79,13 @@ def ensure_uc_role(
         bucket=bucket,
         external_id=external_id,
         uc_master_role_arn=uc_master_role_arn,
+        partition=partition,
     )
-    role_arn = policies.role_arn(account_id, role_name)
-    tag_list = [{"Key": k, "Value": v} for k, v in (tags or {}).items()]
+    role_arn = policies.role_arn(account_id, role_name, partition)
+    tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
     steps: list[str] = []
+    if ownership.require_ours(iam, "uc_role", role_name, tags):
+        ownership.require_only_lab_policies(iam, "uc_role", role_name, UC_LAB_POLICIES)
 
     # 1. the role must exist before its trust policy can name it: create it trusting the UC master role only
     try:
@@ -92,13 +99,11 @@ def ensure_uc_role(
         old_trust = rendered["bootstrap_trust"]
         steps.append("created the role; its trust policy names only the UC master role")
     except Exception as exc:
-        if _error_code(exc) != "EntityAlreadyExists":
+        if error_code(exc) != "EntityAlreadyExists":
             raise
         created = False
         old_trust = policies.canonical(iam.get_role(RoleName=role_name)["Role"]["AssumeRolePolicyDocument"])
-        if tag_list:
-            iam.tag_role(RoleName=role_name, Tags=tag_list)
-        steps.append("the role already exists")
+        steps.append("the role already exists and is the lab's")
 
     # 2. the final trust policy: the UC master role and the role itself, both with the external id
     trust_changed = policies.canonical(old_trust) != policies.canonical(rendered["trust"])
@@ -120,7 +125,7 @@ def ensure_uc_role(
         ]
         permissions_changed = policies.canonical(current) != policies.canonical(rendered["permissions"])
     except Exception as exc:
-        if _error_code(exc) != "NoSuchEntity":
+        if error_code(exc) != "NoSuchEntity":
             raise
         permissions_changed = True
     if permissions_changed:

@@ -231,8 +231,9 @@ class Pipeline:
             self._s3, self._s3_expires = self.session.client("s3", config=CLIENT_CONFIG), None
             return self._s3
         sts = self.session.client("sts", config=CLIENT_CONFIG)
-        creds = sts.assume_role(
-            RoleArn=settings.role_arn, RoleSessionName=f"local-firehose-{settings.name}"[:64]
+        creds = sts.assume_role(  # Firehose passes the account id as external id (the confused-deputy guard)
+            RoleArn=settings.role_arn, RoleSessionName=f"local-firehose-{settings.name}"[:64],
+            ExternalId=settings.role_arn.split(":")[4],
         )["Credentials"]
         self._s3 = self.session.client(
             "s3",
