@@ -85,3 +85,29 @@ def test_aws_endpoint_setting(monkeypatch):
     assert load_config().aws_endpoint_url is None
     monkeypatch.setenv("LAB_AWS_ENDPOINT_URL", "http://localhost:4566")
     assert load_config(target="aws").aws_endpoint_url == "http://localhost:4566"
+
+
+def test_child_environment_passes_the_configuration_and_puts_the_environment_back(monkeypatch, tmp_path):
+    import os
+
+    from kinesis_lab.config import child_environment
+
+    monkeypatch.setenv("LAB_STREAM_NAME", "outer")
+    monkeypatch.delenv("LAB_STATE_DIR", raising=False)
+    cfg = load_config(home=tmp_path).with_overrides(state_dir=tmp_path / "private", stream_name="inner")
+    with child_environment(cfg):
+        assert os.environ["LAB_STATE_DIR"] == str(tmp_path / "private")
+        child = load_config()  # what a notebook kernel started now resolves
+        assert (child.state_dir, child.stream_name, child.home) == (tmp_path / "private", "inner", tmp_path)
+    assert os.environ["LAB_STREAM_NAME"] == "outer" and "LAB_STATE_DIR" not in os.environ
+
+
+def test_the_repository_is_found_one_way(monkeypatch, tmp_path):
+    from kinesis_lab.config import find_home
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.delenv("LAB_HOME", raising=False)
+    assert find_home(repo / "notebooks") == repo  # from inside the repository
+    assert find_home(tmp_path) == repo  # elsewhere: this package's own folder (editable install)
+    monkeypatch.setenv("LAB_HOME", str(tmp_path))
+    assert find_home(repo) == tmp_path  # LAB_HOME wins (an installed wheel used outside the repository)

@@ -120,8 +120,8 @@ def test_original_course_has_one_problem_and_one_warning():
 
 
 def test_the_warning_matches_the_key_firehose_writes():
+    from kinesis_lab import prefixes as expressions
     from kinesis_lab.firehose_config import EXAMPLE_TIME
-    from kinesis_lab.local_firehose import expressions
 
     key = expressions.object_key(ORIGINAL_COURSE["prefix"], stream_name="salud-firehose-tos3", version=1,
                                  when=EXAMPLE_TIME)

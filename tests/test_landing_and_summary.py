@@ -11,9 +11,9 @@ from kinesis_lab.landing import (
     Landing,
     read_landing,
     reconcile,
-    static_prefix,
     wait_for_landing,
 )
+from kinesis_lab.prefixes import static_prefix
 from kinesis_lab.summary import read_summary, reconciliation_problems, update_summary
 
 

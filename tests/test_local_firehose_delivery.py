@@ -15,7 +15,7 @@ from kinesis_lab.local_firehose.delivery import (
     Buffer,
     DeliverySettings,
     Failure,
-    Record,
+    KinesisRecord,
     error_object_body,
     error_record,
     last_positions,
@@ -25,8 +25,8 @@ from kinesis_lab.local_firehose.delivery import (
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 
 
-def rec(data: bytes, seq: str = "1", shard: str = "shardId-000000000000") -> Record:
-    return Record(shard, seq, data, T0)
+def rec(data: bytes, seq: str = "1", shard: str = "shardId-000000000000") -> KinesisRecord:
+    return KinesisRecord(shard, seq, data, T0)
 
 
 class FakeClock:

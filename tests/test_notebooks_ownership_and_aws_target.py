@@ -25,7 +25,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from kinesis_lab import policies, stack
-from kinesis_lab.landing import static_prefix
+from kinesis_lab.prefixes import static_prefix
 from kinesis_lab.stack import set_iam_enforcement
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.stack]

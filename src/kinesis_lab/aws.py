@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import boto3
 
 from kinesis_lab import stack
-from kinesis_lab.config import LabConfig
+from kinesis_lab.config import LabConfig, load_config
 
-COST_OPT_IN_VAR = "LAB_CONFIRM_AWS_COSTS"
+COST_OPT_IN_VAR = "LAB_CONFIRM_AWS_COSTS"  # read by load_config (LabConfig.confirm_aws_costs)
+
 ALREADY_EXISTS_CODES = {"EntityAlreadyExists", "ResourceInUseException", "BucketAlreadyOwnedByYou"}
 
 
@@ -60,12 +61,9 @@ class LabSession:
         return arn(self.partition, "s3", "", "", self.bucket)
 
 
-def cost_opt_in_given(confirm: bool | None = None) -> bool:
-    return bool(confirm) or os.environ.get(COST_OPT_IN_VAR, "") in ("1", "true", "yes")
-
-
-def require_cost_opt_in(confirm: bool | None = None) -> None:
-    if not cost_opt_in_given(confirm):
+def require_cost_opt_in(confirm: bool | None = None, cfg: LabConfig | None = None) -> None:
+    """``confirm`` (a notebook parameter) or the configuration's LAB_CONFIRM_AWS_COSTS opts in."""
+    if not (confirm or (cfg.confirm_aws_costs if cfg else load_config().confirm_aws_costs)):
         raise CostOptInRequired(
             "target 'aws' creates real resources that cost money: set LAB_CONFIRM_AWS_COSTS=1 "
             "(or the notebook parameter confirm_aws_costs=True) to go ahead, or use target 'local'"
@@ -130,7 +128,7 @@ def connect(cfg: LabConfig, start_stack: bool = True, confirm_aws_costs: bool | 
     if cfg.is_local:
         endpoint = use_local_stack(cfg, start=start_stack)
     else:
-        require_cost_opt_in(confirm_aws_costs)
+        require_cost_opt_in(confirm_aws_costs, cfg)
         endpoint = _use_aws_endpoint(cfg)
     identity = boto3.client("sts", region_name=cfg.region).get_caller_identity()
     account_id = identity["Account"]

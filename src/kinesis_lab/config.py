@@ -7,6 +7,7 @@ Defaults follow the original course (stream ``jm-demo-kinesis-lab``, delivery st
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,8 +31,12 @@ ENV_VARS = {
     "LAB_COMPRESSION": "compression",
     "LAB_CATALOG": "catalog",
     "LAB_HOME": "home",
+    "LAB_STATE_DIR": "state_dir",
+    "LAB_BUILD_DIR": "build_dir",
     "LAB_AWS_ENDPOINT_URL": "aws_endpoint_url",
+    "LAB_CONFIRM_AWS_COSTS": "confirm_aws_costs",
 }
+PATH_FIELDS = ("home", "state_dir", "build_dir")
 
 DEFAULT_LOCAL_BUFFER_INTERVAL = 5  # seconds: the local stack is a classroom, not a bill
 DEFAULT_AWS_BUFFER_INTERVAL = 60  # the original course's value
@@ -42,13 +47,19 @@ class ConfigError(ValueError):
 
 
 def find_home(start: Path | None = None) -> Path:
-    """The repository root: the nearest folder (from ``start`` or cwd upwards) holding pyproject.toml
-    and notebooks/; falls back to the folder this package was installed from."""
+    """The repository root (notebooks/, data/, aws-policy/, databricks/ live there), found one way:
+    LAB_HOME if set, else the nearest folder holding pyproject.toml and notebooks/ from ``start`` (or the
+    working folder) upwards, else from this package's own folder upwards (an editable install). A package
+    installed from a wheel and used outside the repository needs LAB_HOME; without it the working folder
+    is returned and what is missing there is reported where it is needed."""
+    if os.environ.get("LAB_HOME"):
+        return Path(os.environ["LAB_HOME"]).expanduser().resolve()
     here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir():
-            return folder
-    return Path(__file__).resolve().parents[2]
+    for origin in (here, Path(__file__).resolve().parent):
+        for folder in (origin, *origin.parents):
+            if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir():
+                return folder
+    return here
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,9 @@ class LabConfig:
     project_tag: str = "kinesis-lab"
     # target aws only: an AWS-compatible endpoint (LocalStack, a moto server in CI) instead of AWS itself
     aws_endpoint_url: str | None = None
+    confirm_aws_costs: bool = False  # target aws: the opt-in to create real, billed resources
+    state_dir: Path | None = None  # the local stack's PIDs, logs, checkpoints, local.env (None: <home>/.lab)
+    build_dir: Path | None = None  # run summary, pipeline tables, rendered files (None: <home>/build)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -84,20 +98,13 @@ class LabConfig:
             default = DEFAULT_LOCAL_BUFFER_INTERVAL if self.target == "local" else DEFAULT_AWS_BUFFER_INTERVAL
             object.__setattr__(self, "buffer_interval_seconds", default)
         object.__setattr__(self, "home", Path(self.home))
+        object.__setattr__(self, "state_dir", Path(self.state_dir or self.home / ".lab"))
+        object.__setattr__(self, "build_dir", Path(self.build_dir or self.home / "build"))
 
     # --- derived names -------------------------------------------------------------------------
     @property
     def is_local(self) -> bool:
         return self.target == "local"
-
-    @property
-    def state_dir(self) -> Path:
-        """Where the local stack keeps PIDs, logs, checkpoints and ``local.env``."""
-        return Path(os.environ.get("LAB_STATE_DIR") or self.home / ".lab")
-
-    @property
-    def build_dir(self) -> Path:
-        return Path(os.environ.get("LAB_BUILD_DIR") or self.home / "build")
 
     @property
     def log_group(self) -> str:
@@ -124,8 +131,14 @@ class LabConfig:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        d["home"] = str(self.home)
+        d.update({name: str(d[name]) for name in PATH_FIELDS})
         return d
+
+    def environment(self) -> dict[str, str]:
+        """This configuration as the LAB_* variables a child process (a notebook's kernel) resolves it from."""
+        values = self.as_dict()
+        return {env: str(values[name]) for env, name in ENV_VARS.items()
+                if values.get(name) not in (None, "", False)}
 
 
 def _coerce(name: str, raw: str):
@@ -134,8 +147,10 @@ def _coerce(name: str, raw: str):
             return int(raw)
         except ValueError as exc:
             raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
-    if name == "home":
-        return Path(raw)
+    if name in PATH_FIELDS:
+        return Path(raw).expanduser()
+    if name == "confirm_aws_costs":
+        return raw.strip().lower() in ("1", "true", "yes")
     return raw
 
 
@@ -175,3 +190,22 @@ def load_config(**overrides) -> LabConfig:
     if isinstance(values.get("target"), str):
         values["target"] = values["target"].strip().lower()
     return LabConfig(**values)
+
+
+@contextlib.contextmanager
+def child_environment(cfg: LabConfig):
+    """While inside, child processes (notebook kernels, the CLI) resolve ``cfg``: its LAB_* variables are
+    set in this process's environment, and put back as they were on the way out."""
+    wanted = cfg.environment()
+    saved = {env: os.environ.get(env) for env in ENV_VARS}
+    try:
+        for env in ENV_VARS:
+            os.environ.pop(env, None)
+        os.environ.update(wanted)
+        yield cfg
+    finally:
+        for env, value in saved.items():
+            if value is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = value

@@ -12,6 +12,8 @@ import io
 import random
 from pathlib import Path
 
+from kinesis_lab.config import find_home
+
 COLUMNS = (
     "Country",
     "Country_Code",
@@ -23,7 +25,7 @@ COLUMNS = (
     "Age_Group",
 )
 KAGGLE_HANDLE = "shaistashahid/child-labor-statistics"
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+DATA_DIR = find_home() / "data"
 SAMPLE_NAME = "child_labor_statistics_sample.csv"
 SAMPLE_PATH = DATA_DIR / SAMPLE_NAME
 

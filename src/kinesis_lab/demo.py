@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
 from pathlib import Path
 
 from kinesis_lab import stack
-from kinesis_lab.config import load_config
+from kinesis_lab.config import LabConfig, child_environment, load_config
+from kinesis_lab.local_pipeline import stop_pipeline_server, writable_folder
 from kinesis_lab.summary import read_summary, reconciliation_problems, summary_path
 
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_.+\.ipynb$")
@@ -101,16 +101,12 @@ def sanitise_outputs(path: Path, home: Path) -> None:
 
 def run_demo(dataset: str | None = None, simulated_failure_rate: float = 0.0, notebooks: list[str] | None = None,
              keep_stack: bool = False, in_place: bool = False) -> int:
-    import papermill
-
     cfg = load_config(target="local")
     home, build = cfg.home, cfg.build_dir
     nb_dir = home / "notebooks"
     chosen = series(nb_dir)
     if notebooks:
         chosen = [p for p in chosen if p.stem in notebooks or p.name in notebooks or p.stem[:2] in notebooks]
-    from kinesis_lab.local_pipeline import stop_pipeline_server, writable_folder
-
     writable_folder(build)
     stop_pipeline_server(build)  # a server left by an earlier run holds the old metastore open
     for name in RUN_ARTIFACTS:  # every run starts from nothing, like a fresh account and workspace
@@ -118,14 +114,22 @@ def run_demo(dataset: str | None = None, simulated_failure_rate: float = 0.0, no
         shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
     # a private stack for the run, so a learner's own `kinesis-lab up` state is untouched
     state_dir = build / "demo-stack"
-    os.environ["LAB_STATE_DIR"] = str(state_dir)
-    os.environ["LAB_TARGET"] = "local"
+    run_cfg = cfg.with_overrides(state_dir=state_dir)
     out_dir = build / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = {"dataset": dataset, "simulated_failure_rate": simulated_failure_rate or None}
 
-    timings = []
     print(f"running {len(chosen)} notebooks on the local stack -> {out_dir}")
+    with child_environment(run_cfg):  # the notebooks' kernels resolve this configuration
+        return _run_series(chosen, run_cfg, wanted, in_place, keep_stack)
+
+
+def _run_series(chosen: list[Path], cfg: LabConfig, wanted: dict, in_place: bool, keep_stack: bool) -> int:
+    import papermill
+
+    home, build, state_dir = cfg.home, cfg.build_dir, cfg.state_dir
+    nb_dir, out_dir = home / "notebooks", build / "notebooks"
+    timings = []
     try:
         for nb in chosen:
             output = nb if in_place else out_dir / nb.name

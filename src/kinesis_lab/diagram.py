@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
+from kinesis_lab.config import find_home
+
 INK = "#1a1a1a"  # dark text on light fills
 MARK = "#c00000"  # the "you are here" red
 # (key, label, x, y, fill, edge): light fills, each service's colour on the edge; top row y=1, bottom row y<0
@@ -130,6 +132,6 @@ def write_all(images_dir: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "images"
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else find_home() / "images"
     for p in write_all(out):
         print(p)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -30,11 +29,6 @@ class Landing:
     @property
     def records(self) -> int:
         return sum(o.records for o in self.objects)
-
-
-def static_prefix(prefix: str) -> str:
-    """The part of a Firehose prefix before its first ``!{...}`` expression: what to list in S3."""
-    return re.split(r"!\{", prefix, maxsplit=1)[0]
 
 
 def read_object_lines(body: bytes, key: str) -> list[bytes]:

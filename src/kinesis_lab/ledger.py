@@ -318,7 +318,8 @@ def stream_retention_hours(kinesis, stream_name: str) -> int | None:
 
 def read_s3(s3, bucket: str, prefix: str) -> HopData:
     """The event ids of every JSON line under the static part of ``prefix`` (see landing.read_landing)."""
-    from kinesis_lab.landing import read_landing, static_prefix
+    from kinesis_lab.landing import read_landing
+    from kinesis_lab.prefixes import static_prefix
 
     try:
         landing = read_landing(s3, bucket, static_prefix(prefix))

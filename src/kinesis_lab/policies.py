@@ -17,7 +17,9 @@ import string
 from pathlib import Path
 from typing import Any
 
-POLICY_DIR = Path(__file__).resolve().parents[2] / "aws-policy"
+from kinesis_lab.config import find_home
+
+POLICY_DIR = find_home() / "aws-policy"
 
 # Databricks' Unity Catalog master role (AWS commercial regions); it assumes the storage-credential role
 UC_MASTER_ROLE_ARN = "arn:aws:iam::414351767826:role/unity-catalog-prod-UCMasterRole-14S5ZJVKOTYTL"
@@ -142,7 +144,7 @@ def role_arn(account_id: str, role_name: str, partition: str = "aws") -> str:
 def learner_values(session=None, **values: Any) -> dict:
     """Placeholder values for the learner's own policy: the lab's names, the account, region and partition,
     and the fixed start of the Firehose prefix and error prefix (the only places the learner may delete)."""
-    from kinesis_lab.landing import static_prefix
+    from kinesis_lab.prefixes import static_prefix
 
     filled: dict[str, Any] = {"partition": "aws"}
     if session is not None:

@@ -26,8 +26,9 @@ from typing import Any
 
 from kinesis_lab import ownership, policies
 from kinesis_lab.aws import error_code
+from kinesis_lab.config import find_home
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "databricks" / "sql"
+SQL_DIR = find_home() / "databricks" / "sql"
 UC_PERMISSIONS_POLICY_NAME = policies.UC_PERMISSIONS_POLICY_NAME
 # the inline policies a lab UC role may carry (the file-events one is optional)
 UC_LAB_POLICIES = {policies.UC_PERMISSIONS_POLICY_NAME, policies.UC_FILE_EVENTS_POLICY_NAME}

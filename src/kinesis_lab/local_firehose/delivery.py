@@ -20,7 +20,7 @@ SUPPORTED_COMPRESSION = ("UNCOMPRESSED", "GZIP")
 
 
 @dataclass(frozen=True)
-class Record:
+class KinesisRecord:
     shard_id: str
     sequence_number: str
     data: bytes
@@ -155,11 +155,11 @@ class Buffer:
         self.size_bytes = size_bytes
         self.interval_seconds = interval_seconds
         self.clock = clock
-        self.records: list[Record] = []
+        self.records: list[KinesisRecord] = []
         self.bytes = 0
         self.oldest_added_at: float | None = None
 
-    def add(self, record: Record, size: int) -> list[Record] | None:
+    def add(self, record: KinesisRecord, size: int) -> list[KinesisRecord] | None:
         """Buffer one record (``size`` = bytes it adds); returns a full batch when the size hint is reached."""
         if not self.records:
             self.oldest_added_at = self.clock()
@@ -172,16 +172,16 @@ class Buffer:
             return False
         return self.clock() - self.oldest_added_at >= self.interval_seconds
 
-    def take(self) -> list[Record]:
+    def take(self) -> list[KinesisRecord]:
         batch, self.records, self.bytes, self.oldest_added_at = self.records, [], 0, None
         return batch
 
 
-def record_bytes(record: Record, append_delimiter: bool) -> bytes:
+def record_bytes(record: KinesisRecord, append_delimiter: bool) -> bytes:
     return record.data + b"\n" if append_delimiter else record.data
 
 
-def object_body(records: list[Record], *, append_delimiter: bool, compression: str) -> bytes:
+def object_body(records: list[KinesisRecord], *, append_delimiter: bool, compression: str) -> bytes:
     """Records concatenated as they are (plus "\\n" with AppendDelimiterToRecord), gzipped for GZIP."""
     body = b"".join(record_bytes(r, append_delimiter) for r in records)
     # mtime=0: the same records always give the same bytes
@@ -193,7 +193,7 @@ def millis(when: datetime) -> int:
 
 
 def error_record(
-    record: Record, failure: Failure, *, attempt_ended: datetime, attempts_made: int = 0
+    record: KinesisRecord, failure: Failure, *, attempt_ended: datetime, attempts_made: int = 0
 ) -> dict:
     """AWS's JSON document for a record that failed processing (see 'Data Transformation Failure Handling')."""
     doc = {
@@ -209,13 +209,13 @@ def error_record(
     return doc
 
 
-def error_object_body(records: list[Record], failure: Failure, *, attempt_ended: datetime) -> bytes:
+def error_object_body(records: list[KinesisRecord], failure: Failure, *, attempt_ended: datetime) -> bytes:
     """One error document per line."""
     lines = (json.dumps(error_record(r, failure, attempt_ended=attempt_ended)) + "\n" for r in records)
     return "".join(lines).encode()
 
 
-def last_positions(records: list[Record]) -> dict[str, str]:
+def last_positions(records: list[KinesisRecord]) -> dict[str, str]:
     """Highest sequence number per shard in a batch (records of one shard arrive in order)."""
     positions: dict[str, str] = {}
     for r in records:

@@ -1,8 +1,8 @@
 """The delivery loop: Kinesis shards -> buffer -> S3 objects, for every Kinesis-sourced delivery stream.
 
-One ``Pipeline`` per delivery stream (keyed by ARN + CreateTimestamp). Each poll:
+One ``DeliveryLoop`` per delivery stream (keyed by ARN + CreateTimestamp). Each poll:
 
-1. list + describe the delivery streams (a deleted one, or a moto reset, ends its pipeline);
+1. list + describe the delivery streams (a deleted one, or a moto reset, ends its delivery loop);
 2. read every shard (``get_records``), starting at the delivery stream's CreateTimestamp the first time
    (AWS reads from LATEST at creation: records put earlier are not delivered), after the checkpoint
    on later runs;
@@ -26,13 +26,14 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kinesis_lab import prefixes as expressions
+from kinesis_lab.aws import error_code
 from kinesis_lab.firehose_config import validate_delivery_config
-from kinesis_lab.local_firehose import expressions
 from kinesis_lab.local_firehose.checkpoints import CheckpointStore, stream_key
 from kinesis_lab.local_firehose.delivery import (
     Buffer,
     DeliverySettings,
-    Record,
+    KinesisRecord,
     error_object_body,
     last_positions,
     object_body,
@@ -47,9 +48,7 @@ SHARD_REFRESH_SECONDS = 1.0
 
 
 def _code(exc: Exception) -> str:
-    return (
-        exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else type(exc).__name__
-    )
+    return error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
 
 
 class RateLimitedLog:
@@ -75,11 +74,11 @@ class ShardReader:
 @dataclass
 class Batch:
     settings: DeliverySettings
-    records: list[Record]
+    records: list[KinesisRecord]
 
 
 @dataclass
-class Pipeline:
+class DeliveryLoop:
     """Delivery of one delivery stream."""
 
     settings: DeliverySettings
@@ -165,7 +164,7 @@ class Pipeline:
                 )
             return
         for item in page.get("Records", []):
-            record = Record(
+            record = KinesisRecord(
                 shard_id,
                 item["SequenceNumber"],
                 item["Data"],
@@ -260,7 +259,7 @@ class Pipeline:
 
 
 class Service:
-    """Finds delivery streams and runs a Pipeline for each."""
+    """Finds delivery streams and runs a DeliveryLoop for each."""
 
     def __init__(
         self,
@@ -274,7 +273,7 @@ class Service:
         self.firehose = self.session.client("firehose", config=CLIENT_CONFIG)
         self.clock = clock
         self.warn = RateLimitedLog(clock=clock)
-        self.pipelines: dict[str, Pipeline] = {}  # by delivery stream name
+        self.loops: dict[str, DeliveryLoop] = {}  # by delivery stream name
         self.rejected: set[str] = set()  # configurations already logged as invalid
         self.paused: set[str] = set()  # names of delivery streams whose configuration is invalid
 
@@ -303,7 +302,7 @@ class Service:
         return descriptions, complete
 
     def refresh(self) -> None:
-        """Start, update or stop pipelines to match the delivery streams that exist now."""
+        """Start, update or stop delivery loops to match the delivery streams that exist now."""
         try:
             descriptions, complete = self._describe_all()
         except AWS_ERRORS as exc:
@@ -327,18 +326,18 @@ class Service:
                     )  # fmt: skip
                 continue
             live[settings.name] = settings
-        for name, pipeline in list(self.pipelines.items()):
+        for name, loop in list(self.loops.items()):
             new = live.get(name)
             if new is None and (name in self.paused or not complete):
                 continue  # paused, or unknown this time: keep it
-            if new is None or stream_key(new.arn, new.create_timestamp) != pipeline.key:
-                del self.pipelines[name]
+            if new is None or stream_key(new.arn, new.create_timestamp) != loop.key:
+                del self.loops[name]
                 log.info("delivery stream %s is gone (deleted or moto reset): stopped reading it", name)
-            elif new.version != pipeline.settings.version:
-                pipeline.update(new)
+            elif new.version != loop.settings.version:
+                loop.update(new)
         for name, settings in live.items():
-            if name not in self.pipelines:
-                self.pipelines[name] = Pipeline(
+            if name not in self.loops:
+                self.loops[name] = DeliveryLoop(
                     settings, self.checkpoints, self.session, self.warn, self.clock
                 )
                 log.info(
@@ -346,20 +345,20 @@ class Service:
                     settings.prefix,
                 )  # fmt: skip
         if complete:
-            live_keys = {p.key for p in self.pipelines.values()}
+            live_keys = {p.key for p in self.loops.values()}
             for key in self.checkpoints.keys():
                 if key not in live_keys:
                     self.checkpoints.forget(key)
 
     def poll(self) -> None:
         self.refresh()
-        for name, pipeline in list(self.pipelines.items()):
+        for name, loop in list(self.loops.items()):
             if name in self.paused:
                 continue
             try:
-                pipeline.poll()
+                loop.poll()
             except AWS_ERRORS as exc:  # never let one delivery stream stop the others
-                self.warn.warning(f"poll:{pipeline.key}", f"delivery stream {pipeline.settings.name}: {exc}")
+                self.warn.warning(f"poll:{loop.key}", f"delivery stream {loop.settings.name}: {exc}")
 
     def run(self, stop: threading.Event, poll_interval: float = 0.2) -> None:
         log.info("local Firehose service started (poll every %.1f s)", poll_interval)
@@ -373,7 +372,7 @@ class Service:
     def shutdown(self, budget: float = 3.0) -> bool:
         """Deliver everything buffered (within ``budget`` seconds). True if nothing was left behind."""
         deadline = time.monotonic() + budget
-        ok = all([pipeline.drain(deadline) for pipeline in self.pipelines.values()])
+        ok = all([loop.drain(deadline) for loop in self.loops.values()])
         if not ok:
             log.warning(
                 "stopped with undelivered records: they stay in Kinesis and are read again at restart"

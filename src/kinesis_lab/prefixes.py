@@ -39,6 +39,11 @@ SUPPORTED_PATTERN_LETTERS = "yuMdHms"
 JAVA_RESERVED = set("[]#{}")
 
 
+def static_prefix(prefix: str) -> str:
+    """The part of a Firehose prefix before its first ``!{...}`` expression: what to list in S3."""
+    return prefix.split("!{", 1)[0]
+
+
 class ExpressionError(ValueError):
     """A prefix or timestamp pattern that cannot be evaluated; the message says why and how to fix it."""
 
