@@ -245,7 +245,8 @@ def previous_produce(path: Path, stream_name: str, kinesis, max_retry_seconds: f
     """The producer's previous sending loop, for comparison: batches of 500 one after the other, each
     batch's failed entries resent after exponential backoff with full jitter (base 0.05 s, cap 2 s)
     per attempt, the next batch only once the batch is all delivered."""
-    from kinesis_lab.producer import iter_batches, iter_records
+    from kinesis_lab.batching import iter_batches
+    from kinesis_lab.records import iter_records
 
     rng = random.Random(1)
     sent = failed_entries = calls = 0
@@ -271,7 +272,9 @@ def previous_produce(path: Path, stream_name: str, kinesis, max_retry_seconds: f
 
 
 def bench_at_the_limit(ctx: dict) -> dict:
-    from kinesis_lab.producer import ShardCapacity, ThrottlingSimulator, iter_records, produce_file
+    from kinesis_lab.producer import produce_file
+    from kinesis_lab.records import iter_records
+    from kinesis_lab.throttling import ShardCapacity, ThrottlingSimulator
 
     rows = 5_000 if ctx["quick"] else 50_000
     side_rows = 2_000 if ctx["quick"] else 10_000

@@ -19,7 +19,8 @@ import pytest
 from kinesis_lab import local_pipeline as lp
 from kinesis_lab.dataset import COLUMNS, check_columns
 from kinesis_lab.ledger import BLANK, CONTINUED, build_ledger
-from kinesis_lab.producer import MAX_RECORD_BYTES, HeaderError, RecordReader, iter_records, produce_file
+from kinesis_lab.producer import produce_file
+from kinesis_lab.records import MAX_RECORD_BYTES, HeaderError, RecordReader, iter_records
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_DIR = REPO / "databricks" / "pipeline"
@@ -349,7 +350,7 @@ def test_header_variants_give_the_same_row(pipeline_run):
 MEASURE = r"""
 import re, sys, time
 from pathlib import Path
-from kinesis_lab.producer import iter_records
+from kinesis_lab.records import iter_records
 started = time.monotonic()
 records = data = oversize = 0
 for record in iter_records(sys.argv[1]):

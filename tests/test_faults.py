@@ -31,7 +31,9 @@ from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH, generate_synthetic_sample
 from kinesis_lab.firehose_config import build_delivery_stream_request, create_delivery_stream
 from kinesis_lab.landing import read_landing, wait_for_landing
 from kinesis_lab.ledger import build_ledger
-from kinesis_lab.producer import iter_records, produce_file, simulate_throttling
+from kinesis_lab.producer import produce_file
+from kinesis_lab.records import iter_records
+from kinesis_lab.throttling import simulate_throttling
 
 pytestmark = [pytest.mark.stack, pytest.mark.spark]
 REPO = Path(__file__).resolve().parents[1]
@@ -443,7 +445,8 @@ def test_firehose_killed_and_restarted_delivers_at_least_once_and_silver_once(ra
 
 def test_pipeline_killed_half_way_recovers_without_duplicates(ran):
     seen = ran.facts["pipeline"]
-    assert "exit code -9" in seen["error"]
+    # the run stops as soon as it sees it: its process exited -9, or the Spark server it ran on died with it
+    assert "exit code -9" in seen["error"] or seen["error"].startswith("the Spark server died (see its log ")
     assert seen["left_running"] == []  # the whole process group (JVM included) is gone
     # killed mid-run: bronze had committed, silver had not finished
     assert seen["after_kill"][lp.BRONZE_TABLE] > 0

@@ -13,7 +13,8 @@ import pytest
 
 from kinesis_lab import ledger as lg
 from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH
-from kinesis_lab.producer import iter_records, produce_file, scan_file
+from kinesis_lab.producer import produce_file
+from kinesis_lab.records import iter_records, scan_file
 from kinesis_lab.summary import read_summary, reconciliation_problems
 
 HEADER = ",".join(COLUMNS)

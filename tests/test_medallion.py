@@ -551,7 +551,7 @@ def test_quarantine_by_rule(spark):
 # --- whole CSV files: the producer's records through silver and gold (no AWS, no pipeline run) ---------
 def produced(spark, path):
     """Silver's input for a CSV: the producer's records (one JSON line each), as Firehose lands them."""
-    from kinesis_lab.producer import iter_records
+    from kinesis_lab.records import iter_records
 
     lines = [r.data.decode("utf-8").rstrip("\n") for r in iter_records(path)]
     return checked(spark, *lines)
@@ -626,7 +626,7 @@ def test_sending_a_grown_file_again_adds_only_the_new_row_to_silver(spark, tmp_p
     """The producer's ids depend on each row, not on the file: the earlier rows of a file with one row
     appended are redeliveries, and silver (de-duplicating on event_id) grows by exactly one."""
     from kinesis_lab.dataset import SAMPLE_PATH
-    from kinesis_lab.producer import iter_records
+    from kinesis_lab.records import iter_records
 
     grown = tmp_path / "grown.csv"
     grown.write_text(SAMPLE_PATH.read_text(encoding="utf-8")

@@ -379,6 +379,10 @@ LEARNER_ACTIONS = {  # resource -> actions: what notebooks 01-06 and 99 call, on
         "kinesis:AddTagsToStream", "kinesis:CreateStream", "kinesis:DeleteStream", "kinesis:DescribeStream",
         "kinesis:DescribeStreamSummary", "kinesis:ListShards", "kinesis:ListTagsForStream", "kinesis:PutRecords",
         "kinesis:StartStreamEncryption"},
+    "demo stream": {  # notebook 04 sends one batch by hand to <stream>-demo, reads it back, deletes it
+        "kinesis:AddTagsToStream", "kinesis:CreateStream", "kinesis:DeleteStream", "kinesis:DescribeStream",
+        "kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:ListShards", "kinesis:ListTagsForStream",
+        "kinesis:PutRecords"},
     "delivery stream": {
         "firehose:CreateDeliveryStream", "firehose:DeleteDeliveryStream", "firehose:DescribeDeliveryStream",
         "firehose:ListTagsForDeliveryStream", "firehose:TagDeliveryStream"},
@@ -402,13 +406,14 @@ def test_learner_policy_names_only_the_labs_resources(partition):
         "s3:GetObject", "s3:DeleteObject", "s3:DeleteObjectVersion"}
     assert pairs[f"{arn}:s3:::lab-bucket/errors/*"] == {"s3:DeleteObject", "s3:DeleteObjectVersion"}
     assert pairs[f"{arn}:kinesis:eu-west-1:123456789012:stream/lab-stream"] == LEARNER_ACTIONS["stream"]
+    assert pairs[f"{arn}:kinesis:eu-west-1:123456789012:stream/lab-stream-demo"] == LEARNER_ACTIONS["demo stream"]
     # StartStreamEncryption is also checked against the KMS key (AWS's alias/aws/kinesis): keys of this account
     assert pairs[f"{arn}:kms:eu-west-1:123456789012:key/*"] == {"kinesis:StartStreamEncryption"}
     assert pairs[f"{arn}:firehose:eu-west-1:123456789012:deliverystream/lab-delivery"] == LEARNER_ACTIONS[
         "delivery stream"]
     group = f"{arn}:logs:eu-west-1:123456789012:log-group:/aws/kinesisfirehose/lab-delivery"
     assert pairs[group] == pairs[group + ":*"] == LEARNER_ACTIONS["log group"]
-    assert len(pairs) == 10  # nothing else
+    assert len(pairs) == 11  # nothing else
     assert "arn:aws:" not in json.dumps(policy) or partition == "aws"
 
 

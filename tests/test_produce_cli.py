@@ -1,10 +1,12 @@
 """`kinesis-lab produce` ends every failure in one line of what went wrong and what to do, exit 1, and the
 figures of what was sent before it stopped — never a traceback."""
 
+import json
 import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import boto3
 import pytest
@@ -58,6 +60,19 @@ def test_a_missing_stream_says_so_with_the_figures(lab_env):
     assert last.endswith("sending the file again is safe (silver keeps each event_id once).") and ".." not in last
     figures = dict(line.split(None, 1) for line in done.stdout.splitlines() if line.strip())
     assert figures["records_sent"] == "0" and figures["stream_name"] == "no-such-stream"
+
+
+def test_simulated_throttling_is_resent_until_every_record_is_in(lab_env):
+    endpoint = stack.read_state(Path(lab_env["LAB_STATE_DIR"])).endpoint
+    kinesis = boto3.client("kinesis", region_name="us-east-1", endpoint_url=endpoint,
+                           aws_access_key_id="x", aws_secret_access_key="x")
+    kinesis.create_stream(StreamName="cli-throttled", StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    done = produce(lab_env, "--dataset", str(SAMPLE_PATH), "--stream", "cli-throttled",
+                   "--simulated-failure-rate", "0.3", "--json")
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["records_sent"] == 540 and figures["records_retried"] == figures["failed_entries"] > 0
+    assert "simulated_failure_rate" not in figures
 
 
 def test_a_connection_that_stays_down_stops_with_what_was_sent(tmp_path):

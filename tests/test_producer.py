@@ -9,18 +9,16 @@ from collections import Counter
 
 import pytest
 
+from kinesis_lab.batching import MAX_BYTES_PER_CALL, RecordTooLargeError, iter_batches
 from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH
-from kinesis_lab.producer import (
-    MAX_BYTES_PER_CALL,
+from kinesis_lab.producer import produce_file
+from kinesis_lab.records import (
     MAX_RECORD_BYTES,
     HeaderError,
     Record,
     RecordReader,
-    RecordTooLargeError,
     event_id_for,
-    iter_batches,
     iter_records,
-    produce_file,
     record_content,
     scan_file,
 )
@@ -272,3 +270,30 @@ def test_progress_bar_ends_at_every_line_and_is_silent_when_off(tmp_path, capsys
     assert "rows.csv -> s: 100%" in err and "4/4" in err and "row/s" in err
     produce_file(path, stream_name="s", kinesis=AcceptAll(), progress=False)
     assert capsys.readouterr() == ("", "")
+
+
+def test_the_producer_cuts_its_calls_where_iter_batches_does(tmp_path):
+    widths = [300_000, 10, 700_000, 5, 400_000, 200_000] * 3  # cut by bytes and by count
+    path = write(tmp_path, HEADER + "\n" + "\n".join(GOOD.replace("World", "x" * n) for n in widths) + "\n")
+    calls = []
+
+    class Recording(AcceptAll):
+        def put_records(self, StreamName, Records):  # noqa: N803 (boto3's names)
+            calls.append([r["PartitionKey"] for r in Records])
+            return super().put_records(StreamName, Records)
+
+    produce_file(path, stream_name="s", kinesis=Recording(), progress=False, batch_size=4, max_batch_bytes=1_200_000)
+    batches = [[r.event_id for r in b] for b in iter_batches(iter_records(path), 4, 1_200_000)]
+    assert calls == batches and len(batches) > len(widths) / 4
+
+
+def test_the_producer_does_not_import_the_local_stand_ins():
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, kinesis_lab.producer; print(' '.join(sys.modules))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    stand_ins = {"kinesis_lab.throttling", "kinesis_lab.moto_server", "kinesis_lab.local_pipeline",
+                 "kinesis_lab.local_firehose", "moto"}
+    assert stand_ins.isdisjoint(loaded)

@@ -12,7 +12,8 @@ import pytest
 from botocore.config import Config
 
 from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH
-from kinesis_lab.producer import DeliveryError, produce_file, simulate_throttling
+from kinesis_lab.producer import DeliveryError, SendInterrupted, produce_file
+from kinesis_lab.throttling import simulate_throttling
 
 pytestmark = pytest.mark.stack
 STREAM = "producer-test"
@@ -55,8 +56,9 @@ def sample_rows() -> list[list[str]]:
 
 def test_throttled_sample_arrives_exactly_once(kinesis, tmp_path):
     ids_path = tmp_path / "event_ids.txt"
-    result = produce_file(SAMPLE_PATH, stream_name=STREAM, kinesis=kinesis, simulated_failure_rate=0.3, seed=7,
-                          progress=False, event_ids_path=ids_path)
+    with simulate_throttling(kinesis, 0.3, seed=7):
+        result = produce_file(SAMPLE_PATH, stream_name=STREAM, kinesis=kinesis, progress=False,
+                              event_ids_path=ids_path)
     stored = read_stream(kinesis)
     bodies = [b for shard in stored.values() for b in shard]
     ids = Counter(b["event_id"] for b in bodies)
@@ -116,9 +118,8 @@ def _raw_records(kinesis) -> list[dict]:
 
 
 def test_gives_up_with_a_clear_error_and_removes_its_hooks(kinesis):
-    with pytest.raises(DeliveryError) as err:
-        produce_file(SAMPLE_PATH, stream_name=STREAM, kinesis=kinesis, simulated_failure_rate=1.0,
-                     progress=False, max_retry_seconds=0.3)
+    with pytest.raises(DeliveryError) as err, simulate_throttling(kinesis, 1.0):
+        produce_file(SAMPLE_PATH, stream_name=STREAM, kinesis=kinesis, progress=False, max_retry_seconds=0.3)
     assert str(err.value) == (
         "500 record(s) not delivered to stream 'producer-test' after retrying for 0.3 s (last error: "
         "ProvisionedThroughputExceededException); first undelivered line: 2; 0 record(s) delivered before "
@@ -177,5 +178,7 @@ def test_empty_file_and_missing_stream(kinesis, tmp_path):
     result = produce_file(empty, stream_name=STREAM, kinesis=kinesis, progress=False)
     assert result.records_sent == 0 and result.put_calls == 0
     assert result.warnings == ["empty.csv is empty: nothing to send"]
-    with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
+    with pytest.raises(SendInterrupted, match="^Kinesis refused PutRecords on stream 'no-such-stream': "
+                       "ResourceNotFoundException: ") as err:
         produce_file(SAMPLE_PATH, stream_name="no-such-stream", kinesis=kinesis, progress=False)
+    assert err.value.result.records_sent == 0

@@ -8,8 +8,8 @@ import pytest
 from nbclient import NotebookClient
 
 from kinesis_lab.dataset import SAMPLE_PATH
-from kinesis_lab.producer import RecordReader
 from kinesis_lab.progress import Progress, in_jupyter_kernel, progress_bar
+from kinesis_lab.records import RecordReader
 
 
 class FakeClock:

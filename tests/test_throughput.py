@@ -13,15 +13,9 @@ import pytest
 
 from kinesis_lab import producer
 from kinesis_lab.dataset import COLUMNS, generate_synthetic_sample
-from kinesis_lab.producer import (
-    THROTTLED,
-    DeliveryError,
-    ShardCapacity,
-    _SendRate,
-    hash_key,
-    produce_file,
-    simulate_capacity,
-)
+from kinesis_lab.producer import THROTTLED, DeliveryError, _SendRate, produce_file
+from kinesis_lab.records import iter_records
+from kinesis_lab.throttling import ShardCapacity, hash_key, simulate_capacity, simulate_throttling
 
 TOP = 2**128
 FOUR = [(f"shardId-{i:012d}", i * TOP // 4, (i + 1) * TOP // 4 - 1) for i in range(4)]
@@ -311,7 +305,7 @@ def test_random_failures_do_not_slow_sending_down(fake_time, rows_csv):
 def test_a_record_failing_for_good_gives_up_after_max_retry_seconds_with_the_rest_delivered(
     fake_time, rows_csv, tmp_path
 ):
-    line_of = {r.event_id: r.line for r in producer.iter_records(rows_csv)}
+    line_of = {r.event_id: r.line for r in iter_records(rows_csv)}
     bad = next(i for i, line in line_of.items() if line == 100)  # line 100's partition key
     client = FakeKinesis(fake_time, always_failing={bad})
     ids_path = tmp_path / "ids.txt"
@@ -381,9 +375,9 @@ def test_simulations_do_not_nest_on_one_client():
     client = boto3.client(
         "kinesis", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
     )
-    with producer.simulate_throttling(client, 0.1):
+    with simulate_throttling(client, 0.1):
         with pytest.raises(RuntimeError, match="already active on this client"):
-            with producer.simulate_throttling(client, 0.2):
+            with simulate_throttling(client, 0.2):
                 pass
-    with producer.simulate_throttling(client, 0.2) as sim:  # the first one was removed on exit
+    with simulate_throttling(client, 0.2) as sim:  # the first one was removed on exit
         assert sim.rate == 0.2

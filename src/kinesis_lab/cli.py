@@ -150,24 +150,27 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_produce(args) -> int:
+    from contextlib import nullcontext
+
     from kinesis_lab import aws, producer
+    from kinesis_lab.records import HeaderError
+    from kinesis_lab.throttling import simulate_throttling
 
     cfg = load_config(target=args.target, stream_name=args.stream)
     session = aws.connect(cfg, start_stack=False)
+    kinesis = session.client("kinesis")
+    rate = args.simulated_failure_rate
+    throttled = simulate_throttling(kinesis, rate) if rate else nullcontext()  # the local stand-in
 
     def show(result: producer.ProduceResult) -> None:
         out = result.as_dict()
         print(json.dumps(out, indent=2) if args.json else "\n".join(f"{k:22} {v}" for k, v in out.items()))
 
     try:
-        result = producer.produce_file(
-            args.dataset,
-            stream_name=cfg.stream_name,
-            kinesis=session.client("kinesis"),
-            simulated_failure_rate=args.simulated_failure_rate,
-            progress=not args.json,
-        )
-    except (producer.HeaderError, FileNotFoundError) as exc:
+        with throttled:
+            result = producer.produce_file(args.dataset, stream_name=cfg.stream_name, kinesis=kinesis,
+                                           progress=not args.json)
+    except (HeaderError, FileNotFoundError) as exc:
         print(f"kinesis-lab: error: {exc} (nothing was sent)", file=sys.stderr)
         return 1
     except (producer.DeliveryError, producer.SendInterrupted) as exc:
@@ -234,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("produce", cmd_produce, "send a CSV to the Kinesis stream, one JSON record per row")
     sp.add_argument("--dataset", required=True, help="CSV path")
     sp.add_argument("--stream", help="stream name (default: the configured one)")
-    sp.add_argument("--simulated-failure-rate", type=float, default=0.0)
+    sp.add_argument("--simulated-failure-rate", type=float, default=0.0,
+                    help="0..1: share of entries answered throttled (simulated on this client) to watch the retries")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp = add("pipeline", cmd_pipeline, "mirror the Firehose prefix from S3 and run the medallion pipeline locally")
     sp.add_argument("--full-refresh", action="store_true", help="rebuild every table from all files")

@@ -371,7 +371,7 @@ def csv_lines(csv_path: str | Path) -> tuple[str, str, list[tuple[int, str, str]
     """(file name, sha256, [(line, event_id, kind)] for every data line): a record's first line carries its
     event id; the other lines of a record whose quoted field spans lines are "continuation" lines with the
     same id; blank lines get a placeholder id ``blank-<line>`` (nothing is sent for them)."""
-    from kinesis_lab.producer import RecordReader
+    from kinesis_lab.records import RecordReader
 
     reader = RecordReader(csv_path)  # HeaderError for a header without the course's columns
     lines: list[tuple[int, str, str]] = []
@@ -499,7 +499,7 @@ def run_reconcile(
     from kinesis_lab import aws, stack
     from kinesis_lab.config import load_config
     from kinesis_lab.dataset import DatasetError
-    from kinesis_lab.producer import HeaderError
+    from kinesis_lab.records import HeaderError
     from kinesis_lab.summary import DatasetMismatch, dataset_of_run, update_summary
 
     cfg = load_config(target=target)
