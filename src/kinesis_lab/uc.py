@@ -274,21 +274,24 @@ def sql_template_path(template_name: str) -> Path:
 
 
 def render_sql(template_name: str, **values: Any) -> str:
-    """Fill ``${...}`` in a SQL template. A missing value, or one that could break out of its quotes or
-    backticks, raises ``SqlTemplateError``."""
-    template = string.Template(sql_template_path(template_name).read_text())
-    missing = sorted(set(template.get_identifiers()) - set(values))
+    """Fill ``${...}`` in a SQL template. A value given as ``None`` leaves out every line that holds it (an
+    optional clause, e.g. ``MANAGED LOCATION``). A missing value, or one that could break out of its quotes
+    or backticks, raises ``SqlTemplateError``."""
+    text = sql_template_path(template_name).read_text()
+    missing = sorted(set(string.Template(text).get_identifiers()) - set(values))
     if missing:
         raise SqlTemplateError(
             f"SQL template {template_name!r} needs a value for: {', '.join(missing)} "
             f"(pass {', '.join(f'{m}=...' for m in missing)})"
         )
     for key, value in values.items():
-        if re.search(r"[`'\";\\\n]", str(value)):
+        if value is None:
+            text = "".join(line for line in text.splitlines(keepends=True) if f"${{{key}}}" not in line)
+        elif re.search(r"[`'\";\\\n]", str(value)):
             raise SqlTemplateError(
                 f"value for {key!r} contains a quote, backtick, semicolon or newline: {value!r}"
             )
-    return template.substitute({k: str(v) for k, v in values.items()})
+    return string.Template(text).substitute({k: str(v) for k, v in values.items() if v is not None})
 
 
 def sql_statements(sql: str) -> list[str]:
