@@ -256,10 +256,24 @@ def validation_rows(response) -> list[dict]:
     ]
 
 
-def validate_storage_credential(w, name: str, url: str) -> list[dict]:
+READ_CHECKS = ("READ", "LIST")  # what a read-only credential must pass
+
+
+def failed_read_checks(rows: list[dict]) -> list[str]:
+    """The read checks (READ, LIST) that did not pass in ``validation_rows``."""
+    passed = {row["operation"] for row in rows if row["result"] == "PASS"}
+    return [operation for operation in READ_CHECKS if operation not in passed]
+
+
+def validate_storage_credential(w, name: str, url: str, delays=PROPAGATION_DELAYS, sleep=time.sleep) -> list[dict]:
     """Ask Unity Catalog to read and list at ``url`` with the credential (``read_only``: no write or delete
-    test, which the read-only role would fail); one row per operation."""
-    return validation_rows(w.storage_credentials.validate(storage_credential_name=name, url=url, read_only=True))
+    test, which the read-only role would fail); one row per operation. Asked again after each of
+    ``delays`` while a read check fails: a trust policy just updated takes a few seconds to apply."""
+    for delay in (*delays, None):
+        rows = validation_rows(w.storage_credentials.validate(storage_credential_name=name, url=url, read_only=True))
+        if not failed_read_checks(rows) or delay is None:
+            return rows
+        sleep(delay)
 
 
 # --- SQL templates ---------------------------------------------------------------------------------------
