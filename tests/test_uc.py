@@ -604,3 +604,34 @@ def test_sql_missing_value_and_unsafe_value():
 def test_sql_statements_keeps_double_dashes_inside_values():
     sql = "-- a comment\nLIST 's3://my--bucket/' LIMIT 1;\n  -- another\nSELECT 1;"
     assert uc.sql_statements(sql) == ["LIST 's3://my--bucket/' LIMIT 1", "SELECT 1"]
+
+
+def test_validation_is_asked_again_while_the_trust_policy_propagates():
+    from databricks.sdk.service.catalog import (
+        ValidateStorageCredentialResponse,
+        ValidationResult,
+        ValidationResultOperation,
+        ValidationResultResult,
+    )
+
+    def response(read: str):
+        return ValidateStorageCredentialResponse(results=[
+            ValidationResult(operation=ValidationResultOperation.READ, result=ValidationResultResult(read)),
+            ValidationResult(operation=ValidationResultOperation.LIST, result=ValidationResultResult.PASS)])
+
+    class Credentials:
+        answers = [response("FAIL"), response("FAIL"), response("PASS")]
+
+        def validate(self, **kwargs):
+            return self.answers.pop(0)
+
+    class Workspace:
+        storage_credentials = Credentials()
+
+    slept = []
+    rows = uc.validate_storage_credential(Workspace(), "cred", URL, delays=(2, 4, 8), sleep=slept.append)
+    assert slept == [2, 4] and uc.failed_read_checks(rows) == []
+    Credentials.answers = [response("FAIL")] * 3
+    rows = uc.validate_storage_credential(Workspace(), "cred", URL, delays=(2, 4), sleep=slept.append)
+    assert uc.failed_read_checks(rows) == ["READ"] and slept == [2, 4, 2, 4]  # gives up after the last delay
+    assert uc.failed_read_checks([]) == ["READ", "LIST"]  # no answer is no proof
