@@ -11,6 +11,7 @@ import glob
 import re
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 from databricks.bundles.jobs import Job
@@ -158,6 +159,11 @@ def test_every_part_names_the_same_schemas(pipeline):
     explored = re.findall(r"`kinesis_lab`\.`(\w+)`\.`(\w+)`",
                           uc.render_sql("03_explore_pipeline_tables", catalog="kinesis_lab"))
     assert {f"{schema}.{table}" for schema, table in explored} == published
+    # notebooks 07-09 read every table through dbr.table_reader (config.qualified_name), naming no schema themselves
+    for notebook in sorted((REPO / "notebooks").glob("0[789]_*.ipynb")):
+        code = "\n".join(c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code")
+        assert "load_table = dbr.table_reader(cfg, spark if IN_DATABRICKS else None)" in code, notebook.name
+        assert not re.search(r"spark\.(table|sql)\(", code), notebook.name
 
 
 def test_variables_declared_and_defaults_match_the_lab_config(bundle):
