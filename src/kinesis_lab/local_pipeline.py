@@ -8,8 +8,9 @@ pyarrow, so a notebook needs no second JVM (which would also fight over the Derb
 
 Layout under ``build_dir``: ``external_location/`` (the mirror), ``lakehouse/`` (rendered spec,
 warehouse, metastore, checkpoints, run logs, ``connect-server/``). The tables are in Spark's session
-catalog, one schema per layer as on Databricks (``bronze.bronze_events``: ``warehouse/bronze.db/``). Deleting ``lakehouse/`` (after
-``stop_pipeline_server``; ``reset_pipeline`` does both) starts the pipeline afresh.
+catalog, one schema per layer as on Databricks (``bronze.bronze_events`` in ``warehouse/bronze.db/``).
+Deleting ``lakehouse/`` (after ``stop_pipeline_server``; ``reset_pipeline`` does both) starts the
+pipeline afresh.
 
 Spark itself runs in a long-lived Spark Connect server, one per build folder (``reuse_server=True``,
 the default): the first run starts it (pyspark's ``spark.local.connect.reuse`` opt-in, with its
