@@ -635,3 +635,56 @@ def test_validation_is_asked_again_while_the_trust_policy_propagates():
     rows = uc.validate_storage_credential(Workspace(), "cred", URL, delays=(2, 4), sleep=slept.append)
     assert uc.failed_read_checks(rows) == ["READ"] and slept == [2, 4, 2, 4]  # gives up after the last delay
     assert uc.failed_read_checks([]) == ["READ", "LIST"]  # no answer is no proof
+
+
+# --- the helpers through the real SDK, against the Unity Catalog API stand-in (HTTP on 127.0.0.1) ---------
+@pytest.fixture
+def uc_api(no_databricks_env, monkeypatch):
+    from databricks_standins import UnityCatalogAPI
+
+    with UnityCatalogAPI(token="dapi-test-token") as api:
+        monkeypatch.setenv("DATABRICKS_HOST", api.url)
+        monkeypatch.setenv("DATABRICKS_TOKEN", "dapi-test-token")
+        from databricks.sdk import WorkspaceClient
+
+        yield api, WorkspaceClient()
+
+
+def test_existing_credential_and_location_are_updated_read_only_over_http(uc_api):
+    from databricks_standins import EXTERNAL_ID
+
+    api, w = uc_api
+    api.credentials["cred"] = {"name": "cred", "read_only": False,
+                               "aws_iam_role": {"role_arn": "arn:aws:iam::123456789012:role/old", "external_id": "x"}}
+    api.locations["landing"] = {"name": "landing", "url": URL, "credential_name": "cred", "read_only": False}
+    info, external_id = uc.create_storage_credential(w, "cred", ROLE_ARN)
+    assert info.read_only is True and info.aws_iam_role.role_arn == ROLE_ARN and external_id == "x"
+    info, message = uc.ensure_external_location(w, "landing", URL, "cred")
+    assert info.read_only is True and message == f"external location landing ({URL}) made read-only"
+    prefix = "/api/2.1/unity-catalog"
+    assert api.api_requests() == [
+        ("GET", f"{prefix}/storage-credentials/cred", None),
+        ("PATCH", f"{prefix}/storage-credentials/cred",
+         {"aws_iam_role": {"role_arn": ROLE_ARN}, "read_only": True, "skip_validation": True}),
+        ("GET", f"{prefix}/external-locations/landing", None),
+        ("PATCH", f"{prefix}/external-locations/landing", {"read_only": True}),
+    ]
+    assert api.problems == [] and EXTERNAL_ID != external_id  # an existing credential keeps its external id
+
+
+def test_the_api_stand_in_refuses_what_the_api_does_not_take(uc_api):
+    from databricks.sdk.errors import DatabricksError
+    from databricks.sdk.service.catalog import AwsIamRoleRequest
+
+    api, w = uc_api
+    with pytest.raises(DatabricksError):
+        w.api_client.do("POST", "/api/2.1/unity-catalog/storage-credentials", body={
+            "name": "cred", "aws_iam_role": {"role_arn": ROLE_ARN, "external_id": "mine"}, "readonly": "yes"})
+    with pytest.raises(DatabricksError):
+        w.external_locations.create("landing", URL, "no-such-credential", read_only=True)
+    assert api.problems == ["create storage credential.aws_iam_role: unknown field 'external_id'",
+                            "create storage credential: unknown field 'readonly'"]
+    with pytest.raises(DatabricksError, match="bad request"):
+        w.storage_credentials.create("cred", aws_iam_role=AwsIamRoleRequest(role_arn=ROLE_ARN), read_only="yes")
+    assert api.problems[-1] == "create storage credential.read_only: str, expected bool"
+    assert api.credentials == {}  # nothing refused was stored
