@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from kinesis_lab import databricks_runtime as dbr
@@ -75,3 +78,47 @@ def test_an_old_sdk_is_refused_with_the_fix(monkeypatch):
     monkeypatch.setattr(databricks.sdk.version, "__version__", "0.30.0")
     with pytest.raises(RuntimeError, match=r"databricks-sdk 0.30.0 is too old .*needs 0.54 or later.*%pip install"):
         dbr.require_sdk()
+
+
+SETUP_MARK = "IN_DATABRICKS = dbr.in_databricks()"
+PRELUDE = '''
+class _Widgets:
+    def __init__(self):
+        self.values = {}
+    def text(self, name, default, label=None):
+        self.values.setdefault(name, default)
+    def get(self, name):
+        return self.values[name]
+class _DbUtils:
+    widgets = _Widgets()
+dbutils = _DbUtils()
+'''
+
+
+@pytest.mark.parametrize("number", ["06", "07", "08", "09"])
+def test_the_setup_cell_finds_the_package_in_an_imported_repository(number, tmp_path):
+    """Inside Databricks nothing is installed: the set-up cell imports the lab's package from ../src."""
+    import shutil
+    import subprocess
+    import sys
+
+    import nbformat
+
+    repo = Path(__file__).resolve().parents[1]
+    imported = tmp_path / "kinesis-lab"
+    for part in ("notebooks", "src", "databricks", "aws-policy"):
+        shutil.copytree(repo / part, imported / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(repo / "pyproject.toml", imported)
+    [notebook] = (imported / "notebooks").glob(f"{number}_*.ipynb")
+    cells = nbformat.read(notebook, as_version=4).cells
+    parameters = next(c.source for c in cells if "parameters" in c.metadata.get("tags", []))
+    [setup] = [c.source for c in cells if SETUP_MARK in c.source]
+    check = "\nprint(dbr.__file__, IN_DATABRICKS, catalog, load_config().home)"
+    env = {"PATH": os.environ.get("PATH", ""), "DATABRICKS_RUNTIME_VERSION": "15.4"}
+    # -S: no site-packages, so no installed kinesis_lab (nor pandas): only what the repository holds
+    done = subprocess.run([sys.executable, "-S", "-c", PRELUDE + parameters + "\n" + setup + check],
+                          cwd=notebook.parent, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    package, in_databricks, catalog, home = done.stdout.split()
+    assert Path(package) == imported / "src" / "kinesis_lab" / "databricks_runtime.py"
+    assert (in_databricks, catalog, Path(home)) == ("True", "kinesis_lab", imported)
