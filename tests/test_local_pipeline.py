@@ -67,14 +67,14 @@ def test_render_spec_points_at_the_committed_transformations(tmp_path):
     include = spec["libraries"][0]["glob"]["include"]
     assert (spec_path.parent / include.removesuffix("/**")).resolve() == PIPELINE_DIR / "transformations"
     assert spec["storage"].startswith("file:///") and spec["storage"].endswith("/lakehouse/storage")
-    assert spec["database"] == lp.DATABASE
+    assert spec["database"] == "bronze"
     assert spec["configuration"]["lab.source_path"] == "/x"
     committed = yaml.safe_load((PIPELINE_DIR / lp.SPEC_NAME).read_text())
     assert committed["libraries"] == [{"glob": {"include": "transformations/**"}}]
 
 
 def test_short_progress_and_log_tail(tmp_path):
-    line = "2026-11-26 01:13:15: Flow spark_catalog.kinesis_lab.bronze_events has COMPLETED.\n"
+    line = "2026-11-26 01:13:15: Flow spark_catalog.bronze.bronze_events has COMPLETED.\n"
     assert lp._short_progress(line) == "01:13:15 bronze_events has COMPLETED"
     log = tmp_path / "run.log"
     log.write_text('start\nboom: it failed\n\tat org.apache.Foo(Foo.scala:1)\n  File "x.py", line 1\nlast\n')
@@ -91,7 +91,7 @@ def test_server_lines_are_shown_and_parsed():
 
 
 def test_read_table_uses_only_committed_files_of_a_streaming_table(tmp_path):
-    table = lp.warehouse_dir(tmp_path) / f"{lp.DATABASE}.db" / "silver_events"
+    table = lp.warehouse_dir(tmp_path) / "silver.db" / "silver_events"
     (table / "_spark_metadata").mkdir(parents=True)
     pq.write_table(pa.table({"event_id": ["a", "b"]}), table / "part-0.parquet")
     pq.write_table(pa.table({"event_id": ["zombie"]}), table / "part-1.parquet")  # a failed batch's leftover
@@ -100,7 +100,7 @@ def test_read_table_uses_only_committed_files_of_a_streaming_table(tmp_path):
     assert sorted(lp.read_table(tmp_path, "silver_events")["event_id"]) == ["a", "b"]
     assert lp.table_rows(tmp_path, "silver_events") == 2
     assert lp.table_paths(tmp_path) == {"silver_events": table}
-    with pytest.raises(KeyError, match="no table 'gold_x'"):
+    with pytest.raises(KeyError, match="no table gold.gold_x in"):
         lp.read_table(tmp_path, "gold_x")
 
 

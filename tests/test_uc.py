@@ -4,7 +4,6 @@ the Databricks helpers that need no workspace."""
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from contextlib import contextmanager
@@ -553,16 +552,14 @@ def test_sdk_accepts_the_read_only_arguments():
 
 # --- SQL templates -----------------------------------------------------------------------------------------
 SQL_VALUES = {
-    "01_catalog_and_schemas.sql": dict(catalog="kinesis_lab"),
+    "01_catalog_and_schemas.sql": dict(catalog="kinesis_lab", managed_location="s3://managed-bucket/kinesis_lab/"),
     "02_external_location.sql": dict(
         location="kinesis_lab_landing",
         bucket=LAB_BUCKET,
         credential="kinesis_lab_cred",
         principal="account users",
     ),
-    "03_explore_pipeline_tables.sql": dict(
-        catalog="kinesis_lab", bronze_schema="bronze", silver_schema="silver", gold_schema="gold"
-    ),
+    "03_explore_pipeline_tables.sql": dict(catalog="kinesis_lab"),
 }
 
 
@@ -581,7 +578,7 @@ def test_sql_templates_render_completely(name):
 
 
 def test_catalog_sql_creates_catalog_and_three_schemas():
-    statements = uc.sql_statements(uc.render_sql("01_catalog_and_schemas", catalog="kinesis_lab"))
+    statements = uc.sql_statements(uc.render_sql("01_catalog_and_schemas", catalog="kinesis_lab", managed_location=None))
     creates = [s.split("\n")[0] for s in statements if s.startswith("CREATE")]
     assert creates == [
         "CREATE CATALOG IF NOT EXISTS `kinesis_lab`",
@@ -589,6 +586,20 @@ def test_catalog_sql_creates_catalog_and_three_schemas():
         "CREATE SCHEMA IF NOT EXISTS `kinesis_lab`.`silver`",
         "CREATE SCHEMA IF NOT EXISTS `kinesis_lab`.`gold`",
     ]
+    assert "MANAGED LOCATION" not in statements[0]
+    assert statements[0].splitlines()[1].strip() == "COMMENT 'Kinesis -> Firehose -> S3 -> Databricks course'"
+
+
+def test_catalog_sql_with_a_managed_location():
+    # a metastore without a storage root (workspaces enabled for UC automatically) needs it
+    statements = uc.sql_statements(uc.render_sql("01_catalog_and_schemas", **SQL_VALUES["01_catalog_and_schemas.sql"]))
+    assert [line.strip() for line in statements[0].splitlines()] == [
+        "CREATE CATALOG IF NOT EXISTS `kinesis_lab`",
+        "MANAGED LOCATION 's3://managed-bucket/kinesis_lab/'",
+        "COMMENT 'Kinesis -> Firehose -> S3 -> Databricks course'",
+    ]
+    with pytest.raises(uc.SqlTemplateError, match="needs a value for: managed_location"):
+        uc.render_sql("01_catalog_and_schemas", catalog="kinesis_lab")  # None must be said, not forgotten
 
 
 def test_external_location_sql():
@@ -620,24 +631,7 @@ def test_external_location_sql():
     ]
     assert "GRANT READ FILES ON EXTERNAL LOCATION `kinesis_lab_landing` TO `account users`" in statements
     assert not any("WRITE" in s.upper() for s in statements)  # read-only: no WRITE FILES grant
-    assert f"LIST 's3://{LAB_BUCKET}/bronze/' LIMIT 20" in statements
-
-
-def pipeline_tables() -> dict[str, str]:
-    """Tables and materialized views the pipeline defines (not temporary views): name -> layer."""
-    names = set()
-    for path in (REPO / "databricks" / "pipeline" / "transformations").glob("*.py"):
-        names |= set(re.findall(r"@dp\.(?:table|materialized_view)\(\s*name=\"(\w+)\"", path.read_text()))
-    return {name: name.split("_")[0] for name in names}
-
-
-def test_explore_sql_reads_every_pipeline_table():
-    tables = pipeline_tables()
-    assert {"bronze_events", "silver_events", "silver_quarantine", "gold_rate_by_region_year"} <= set(tables)
-    sql = uc.render_sql("03_explore_pipeline_tables", **SQL_VALUES["03_explore_pipeline_tables.sql"])
-    referenced = set(re.findall(r"`kinesis_lab`\.`(\w+)`\.`(\w+)`", sql))
-    # every table the pipeline makes is counted, in its layer's schema, and nothing else is read
-    assert referenced == {(layer, name) for name, layer in tables.items()}
+    assert statements[-1] == f"LIST 's3://{LAB_BUCKET}/bronze/' LIMIT 20"  # the only LIST: comments dropped
 
 
 def test_sql_missing_value_and_unsafe_value():
@@ -648,7 +642,7 @@ def test_sql_missing_value_and_unsafe_value():
         "(pass location=..., principal=...)"
     )
     with pytest.raises(uc.SqlTemplateError, match="contains a quote"):
-        uc.render_sql("01_catalog_and_schemas", catalog="x`; DROP CATALOG main; --")
+        uc.render_sql("01_catalog_and_schemas", catalog="x`; DROP CATALOG main; --", managed_location=None)
     with pytest.raises(uc.SqlTemplateError, match=r"no SQL template 'nope'.*01_catalog_and_schemas.sql"):
         uc.render_sql("nope")
 
@@ -656,3 +650,87 @@ def test_sql_missing_value_and_unsafe_value():
 def test_sql_statements_keeps_double_dashes_inside_values():
     sql = "-- a comment\nLIST 's3://my--bucket/' LIMIT 1;\n  -- another\nSELECT 1;"
     assert uc.sql_statements(sql) == ["LIST 's3://my--bucket/' LIMIT 1", "SELECT 1"]
+
+
+def test_validation_is_asked_again_while_the_trust_policy_propagates():
+    from databricks.sdk.service.catalog import (
+        ValidateStorageCredentialResponse,
+        ValidationResult,
+        ValidationResultOperation,
+        ValidationResultResult,
+    )
+
+    def response(read: str):
+        return ValidateStorageCredentialResponse(results=[
+            ValidationResult(operation=ValidationResultOperation.READ, result=ValidationResultResult(read)),
+            ValidationResult(operation=ValidationResultOperation.LIST, result=ValidationResultResult.PASS)])
+
+    class Credentials:
+        answers = [response("FAIL"), response("FAIL"), response("PASS")]
+
+        def validate(self, **kwargs):
+            return self.answers.pop(0)
+
+    class Workspace:
+        storage_credentials = Credentials()
+
+    slept = []
+    rows = uc.validate_storage_credential(Workspace(), "cred", URL, delays=(2, 4, 8), sleep=slept.append)
+    assert slept == [2, 4] and uc.failed_read_checks(rows) == []
+    Credentials.answers = [response("FAIL")] * 3
+    rows = uc.validate_storage_credential(Workspace(), "cred", URL, delays=(2, 4), sleep=slept.append)
+    assert uc.failed_read_checks(rows) == ["READ"] and slept == [2, 4, 2, 4]  # gives up after the last delay
+    assert uc.failed_read_checks([]) == ["READ", "LIST"]  # no answer is no proof
+
+
+# --- the helpers through the real SDK, against the Unity Catalog API stand-in (HTTP on 127.0.0.1) ---------
+@pytest.fixture
+def uc_api(no_databricks_env, monkeypatch):
+    from databricks_standins import UnityCatalogAPI
+
+    with UnityCatalogAPI(token="dapi-test-token") as api:
+        monkeypatch.setenv("DATABRICKS_HOST", api.url)
+        monkeypatch.setenv("DATABRICKS_TOKEN", "dapi-test-token")
+        from databricks.sdk import WorkspaceClient
+
+        yield api, WorkspaceClient()
+
+
+def test_existing_credential_and_location_are_updated_read_only_over_http(uc_api):
+    from databricks_standins import EXTERNAL_ID
+
+    api, w = uc_api
+    api.credentials["cred"] = {"name": "cred", "read_only": False,
+                               "aws_iam_role": {"role_arn": "arn:aws:iam::123456789012:role/old", "external_id": "x"}}
+    api.locations["landing"] = {"name": "landing", "url": URL, "credential_name": "cred", "read_only": False}
+    info, external_id = uc.create_storage_credential(w, "cred", ROLE_ARN)
+    assert info.read_only is True and info.aws_iam_role.role_arn == ROLE_ARN and external_id == "x"
+    info, message = uc.ensure_external_location(w, "landing", URL, "cred")
+    assert info.read_only is True and message == f"external location landing ({URL}) made read-only"
+    prefix = "/api/2.1/unity-catalog"
+    assert api.api_requests() == [
+        ("GET", f"{prefix}/storage-credentials/cred", None),
+        ("PATCH", f"{prefix}/storage-credentials/cred",
+         {"aws_iam_role": {"role_arn": ROLE_ARN}, "read_only": True, "skip_validation": True}),
+        ("GET", f"{prefix}/external-locations/landing", None),
+        ("PATCH", f"{prefix}/external-locations/landing", {"read_only": True}),
+    ]
+    assert api.problems == [] and EXTERNAL_ID != external_id  # an existing credential keeps its external id
+
+
+def test_the_api_stand_in_refuses_what_the_api_does_not_take(uc_api):
+    from databricks.sdk.errors import DatabricksError
+    from databricks.sdk.service.catalog import AwsIamRoleRequest
+
+    api, w = uc_api
+    with pytest.raises(DatabricksError):
+        w.api_client.do("POST", "/api/2.1/unity-catalog/storage-credentials", body={
+            "name": "cred", "aws_iam_role": {"role_arn": ROLE_ARN, "external_id": "mine"}, "readonly": "yes"})
+    with pytest.raises(DatabricksError):
+        w.external_locations.create("landing", URL, "no-such-credential", read_only=True)
+    assert api.problems == ["create storage credential.aws_iam_role: unknown field 'external_id'",
+                            "create storage credential: unknown field 'readonly'"]
+    with pytest.raises(DatabricksError, match="bad request"):
+        w.storage_credentials.create("cred", aws_iam_role=AwsIamRoleRequest(role_arn=ROLE_ARN), read_only="yes")
+    assert api.problems[-1] == "create storage credential.read_only: str, expected bool"
+    assert api.credentials == {}  # nothing refused was stored

@@ -1,13 +1,17 @@
--- The lab's catalog and one schema per medallion layer (the original course made only `silver`).
--- Template values: catalog. Run as a user who may create catalogs on the metastore.
+-- The lab's catalog and one schema per medallion layer: the pipeline publishes bronze.bronze_events,
+-- silver.silver_events, silver.silver_quarantine and gold.gold_* (the original course made only `silver`).
+-- Template values: catalog; managed_location (optional: None leaves its line out).
+-- Run once per catalog the bundle deploys to: kinesis_lab (target dev), kinesis_lab_prod (target prod).
+-- Run as a user who may create catalogs on the metastore.
+--
+-- managed_location: where the catalog's managed tables are stored. Leave it out when the metastore has a
+-- storage root. A metastore without one (workspaces enabled for Unity Catalog automatically) refuses
+-- CREATE CATALOG without it: give an s3:// path covered by an external location with write access -
+-- not the landing bucket, whose external location is read-only - e.g. s3://<another-bucket>/kinesis_lab/.
 
 CREATE CATALOG IF NOT EXISTS `${catalog}`
+  MANAGED LOCATION '${managed_location}'
   COMMENT 'Kinesis -> Firehose -> S3 -> Databricks course';
-
--- A metastore without a default storage root needs a managed location for the catalog instead:
---   CREATE CATALOG IF NOT EXISTS `${catalog}` MANAGED LOCATION 's3://<managed-bucket>/kinesis_lab/';
--- (an external location with write access must cover that path: not the landing bucket, whose
--- external location is read-only)
 
 CREATE SCHEMA IF NOT EXISTS `${catalog}`.`bronze`
   COMMENT 'Raw events as Firehose delivered them, one row per line';

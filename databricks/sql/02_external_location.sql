@@ -19,5 +19,8 @@ GRANT READ FILES ON EXTERNAL LOCATION `${location}` TO `${principal}`;
 -- read_only should be true
 DESCRIBE EXTERNAL LOCATION `${location}`;
 
--- Firehose writes under bronze/ingestion_date=yyyy/MM/dd/: this lists what has arrived
+-- LIST shows only what is directly under the URL: here the ingestion_date=YYYY/ folders Firehose made
+-- (bronze/ingestion_date=yyyy/MM/dd/<objects>). To see the objects of one day, list its folder, e.g.
+--   LIST 's3://${bucket}/bronze/ingestion_date=2026/11/26/' LIMIT 20;
+-- notebook 09 counts every landed line through this location with Spark.
 LIST 's3://${bucket}/bronze/' LIMIT 20;

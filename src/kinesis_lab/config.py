@@ -42,6 +42,25 @@ DEFAULT_LOCAL_BUFFER_INTERVAL = 5  # seconds: the local stack is a classroom, no
 DEFAULT_AWS_BUFFER_INTERVAL = 60  # the original course's value
 
 
+# The medallion layout, the same locally and on Databricks: one schema per layer, and every table name
+# starts with its layer (bronze_events -> bronze). On Databricks the catalog tells the bundle's targets
+# apart (dev: kinesis_lab, prod: kinesis_lab_prod); locally it is Spark's session catalog.
+LAYER_SCHEMAS = ("bronze", "silver", "gold")
+
+
+def schema_of(table: str) -> str:
+    """The layer schema a pipeline table is published to: ``silver_quarantine`` -> ``silver``."""
+    layer = table.split("_", 1)[0]
+    if layer not in LAYER_SCHEMAS:
+        raise ValueError(f"{table!r} is not a pipeline table (its name must start with one of {', '.join(LAYER_SCHEMAS)})")
+    return layer
+
+
+def qualified_name(catalog: str, table: str) -> str:
+    """``<catalog>.<layer>.<table>``, the name a pipeline table has in Unity Catalog."""
+    return f"{catalog}.{schema_of(table)}.{table}"
+
+
 class ConfigError(ValueError):
     """A setting has a value the lab cannot use; the message says how to fix it."""
 

@@ -335,26 +335,25 @@ def read_s3(s3, bucket: str, prefix: str) -> HopData:
     )
 
 
-def read_tables(build_dir: str | Path, database: str | None = None) -> tuple[HopData, HopData, dict, dict]:
+def read_tables(build_dir: str | Path) -> tuple[HopData, HopData, dict, dict]:
     """(bronze hop, silver hop, event id -> rows in silver_events, event id -> [rules of each quarantine
     row]) from the local pipeline's tables; unchecked hops if the pipeline has not made them yet."""
     from kinesis_lab import local_pipeline as lp
 
-    database = database or lp.DATABASE
-    paths = lp.table_paths(build_dir, database)
+    paths = lp.table_paths(build_dir)
     bronze = HopData("bronze", None, note="no bronze_events table yet: run the pipeline (notebook 07)")
     silver = HopData("silver", None, note="no silver tables yet: run the pipeline (notebook 07/08)")
     in_silver: Counter = Counter()
     quarantined: dict[str, list[tuple[str, ...]]] = {}
     if lp.BRONZE_TABLE in paths:
-        frame = lp.read_table(build_dir, lp.BRONZE_TABLE, ["event_id", "_parse_ok"], database)
+        frame = lp.read_table(build_dir, lp.BRONZE_TABLE, ["event_id", "_parse_ok"])
         parsed = frame["_parse_ok"].fillna(False).astype(bool) & frame["event_id"].notna()
         bronze = HopData("bronze", Counter(frame.loc[parsed, "event_id"]), no_id=int((~parsed).sum()))
     if lp.SILVER_TABLE in paths and lp.QUARANTINE_TABLE in paths:
-        ids = lp.read_table(build_dir, lp.SILVER_TABLE, ["event_id"], database)["event_id"]
+        ids = lp.read_table(build_dir, lp.SILVER_TABLE, ["event_id"])["event_id"]
         in_silver.update(ids.dropna())
         no_id = int(ids.isna().sum())
-        quarantine = lp.read_table(build_dir, lp.QUARANTINE_TABLE, ["event_id", "broken_rules"], database)
+        quarantine = lp.read_table(build_dir, lp.QUARANTINE_TABLE, ["event_id", "broken_rules"])
         for event_id, rules in zip(quarantine["event_id"], quarantine["broken_rules"], strict=True):
             if event_id is None or event_id != event_id:  # None or NaN
                 no_id += 1
@@ -447,7 +446,6 @@ def build_ledger(
     bucket: str | None = None,
     prefix: str | None = None,
     build_dir: str | Path | None = None,
-    database: str | None = None,
 ) -> Ledger:
     """The ledger of ``csv_path``: every data line's event id and fate at each hop.
 
@@ -468,7 +466,7 @@ def build_ledger(
     in_silver: dict = {}
     quarantined: dict = {}
     if build_dir is not None:
-        hops["bronze"], hops["silver"], in_silver, quarantined = read_tables(build_dir, database)
+        hops["bronze"], hops["silver"], in_silver, quarantined = read_tables(build_dir)
     else:
         hops["bronze"] = HopData("bronze", None, note="no build folder given")
         hops["silver"] = HopData("silver", None, note="no build folder given")

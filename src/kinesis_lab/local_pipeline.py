@@ -7,8 +7,10 @@ metastore kept under the build folder; ``read_table``/``pipeline_summary`` read 
 pyarrow, so a notebook needs no second JVM (which would also fight over the Derby metastore lock).
 
 Layout under ``build_dir``: ``external_location/`` (the mirror), ``lakehouse/`` (rendered spec,
-warehouse, metastore, checkpoints, run logs, ``connect-server/``). Deleting ``lakehouse/`` (after
-``stop_pipeline_server``; ``reset_pipeline`` does both) starts the pipeline afresh.
+warehouse, metastore, checkpoints, run logs, ``connect-server/``). The tables are in Spark's session
+catalog, one schema per layer as on Databricks (``bronze.bronze_events`` in ``warehouse/bronze.db/``).
+Deleting ``lakehouse/`` (after ``stop_pipeline_server``; ``reset_pipeline`` does both) starts the
+pipeline afresh.
 
 Spark itself runs in a long-lived Spark Connect server, one per build folder (``reuse_server=True``,
 the default): the first run starts it (pyspark's ``spark.local.connect.reuse`` opt-in, with its
@@ -17,8 +19,8 @@ own, and skip the ~25 s of JVM and Hive metastore start. ``stop_pipeline_server`
 
 Running this file (see run_pipeline) is the ``spark-pipelines`` CLI with two additions: it connects
 to the build folder's server (or, with ``reuse_server=False``, starts an in-process one on a free
-port, not the fixed 15002, so parallel runs do not collide) and the spec's database is created
-first (the stock CLI expects it to exist).
+port, not the fixed 15002, so parallel runs do not collide) and the spec's database and the layer
+schemas are created first (the stock CLI expects them to exist; Databricks creates them itself).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from kinesis_lab import procs
+from kinesis_lab.config import LAYER_SCHEMAS, schema_of
 
-DATABASE = "kinesis_lab"
 SPEC_NAME = "spark-pipeline.yml"
 BRONZE_TABLE = "bronze_events"
 SILVER_TABLE = "silver_events"
@@ -328,7 +330,7 @@ def render_spec(pipeline_dir: str | Path, *, build_dir: str | Path, configuratio
         {"glob": {"include": f"{relative_root}/{entry['glob']['include']}"}} for entry in spec["libraries"]
     ]
     spec["storage"] = (lakehouse / "storage").as_uri()
-    spec.setdefault("database", DATABASE)
+    spec.setdefault("database", LAYER_SCHEMAS[0])
     spec["configuration"] = {**spec.get("configuration", {}), **configuration}
     spec_path = lakehouse / SPEC_NAME
     header = "# Rendered by kinesis_lab.local_pipeline.render_spec from the committed spec: do not edit.\n"
@@ -557,7 +559,7 @@ def _server_died(build_dir: str | Path, log_path: Path) -> PipelineError:
 
 
 def _short_progress(line: str) -> str:
-    """``2026-11-26 01:13:15: Flow spark_catalog.kinesis_lab.bronze_events has COMPLETED.``
+    """``2026-11-26 01:13:15: Flow spark_catalog.bronze.bronze_events has COMPLETED.``
     -> ``01:13:15 bronze_events has COMPLETED``."""
     text = line.strip().rstrip(".")
     text = re.sub(r"^\d{4}-\d\d-\d\d (\d\d:\d\d:\d\d): ", r"\1 ", text)
@@ -864,14 +866,15 @@ def _connect_to_build_server(static_conf: Mapping[str, str], lakehouse: Path):
 
 
 # --- reading the results without Spark -------------------------------------------------------------
-def table_paths(build_dir: str | Path, database: str = DATABASE) -> dict[str, Path]:
-    """Table name -> its parquet folder in the local warehouse (tables that exist so far)."""
-    database_dir = warehouse_dir(build_dir) / f"{database}.db"
-    if not database_dir.is_dir():
-        return {}
-    return {
-        p.name: p for p in sorted(database_dir.iterdir()) if p.is_dir() and not p.name.startswith((".", "_"))
-    }
+def table_paths(build_dir: str | Path) -> dict[str, Path]:
+    """Table name -> its parquet folder in the local warehouse (tables that exist so far, every layer)."""
+    paths = {}
+    for schema in LAYER_SCHEMAS:
+        schema_dir = warehouse_dir(build_dir) / f"{schema}.db"
+        if schema_dir.is_dir():
+            paths.update({p.name: p for p in sorted(schema_dir.iterdir())
+                          if p.is_dir() and not p.name.startswith((".", "_")) and p.name.startswith(schema + "_")})
+    return paths
 
 
 def _data_files(table_dir: Path) -> list[Path]:
@@ -893,14 +896,15 @@ def _data_files(table_dir: Path) -> list[Path]:
     return sorted(p for p in table_dir.rglob("*.parquet") if not p.name.startswith((".", "_")))
 
 
-def read_table(build_dir: str | Path, name: str, columns: list[str] | None = None, database: str = DATABASE):
+def read_table(build_dir: str | Path, name: str, columns: list[str] | None = None):
     """A pipeline table as a pandas DataFrame (read with pyarrow; Spark is not needed)."""
     import pandas as pd
     import pyarrow.parquet as pq
 
-    paths = table_paths(build_dir, database)
+    paths = table_paths(build_dir)
     if name not in paths:
-        raise KeyError(f"no table {name!r} in {warehouse_dir(build_dir)} (has: {', '.join(paths) or 'none'})")
+        raise KeyError(f"no table {schema_of(name)}.{name} in {warehouse_dir(build_dir)} "
+                       f"(has: {', '.join(paths) or 'none'})")
     files = _data_files(paths[name])
     if not files:
         return pd.DataFrame(columns=columns or [])
@@ -913,32 +917,30 @@ def read_table(build_dir: str | Path, name: str, columns: list[str] | None = Non
     return pa.concat_tables(tables, promote_options="default").to_pandas(types_mapper=nullable_ints.get)
 
 
-def table_rows(build_dir: str | Path, name: str, database: str = DATABASE) -> int:
+def table_rows(build_dir: str | Path, name: str) -> int:
     """Row count from the parquet footers (no data read)."""
     import pyarrow.parquet as pq
 
-    paths = table_paths(build_dir, database)
+    paths = table_paths(build_dir)
     if name not in paths:
         return 0
     return sum(pq.ParquetFile(f).metadata.num_rows for f in _data_files(paths[name]))
 
 
-def pipeline_summary(build_dir: str | Path, database: str = DATABASE) -> dict:
+def pipeline_summary(build_dir: str | Path) -> dict:
     """Rows per layer, quarantined rows per broken rule, rows per gold table, and the table folders."""
-    paths = table_paths(build_dir, database)
+    paths = table_paths(build_dir)
     by_rule: dict[str, int] = {}
     if QUARANTINE_TABLE in paths:
-        for rules in read_table(build_dir, QUARANTINE_TABLE, ["broken_rules"], database)["broken_rules"]:
+        for rules in read_table(build_dir, QUARANTINE_TABLE, ["broken_rules"])["broken_rules"]:
             for rule in rules if rules is not None else []:
                 by_rule[rule] = by_rule.get(rule, 0) + 1
     return {
-        "bronze_rows": table_rows(build_dir, BRONZE_TABLE, database),
-        "silver_rows": table_rows(build_dir, SILVER_TABLE, database),
-        "quarantine_rows": table_rows(build_dir, QUARANTINE_TABLE, database),
+        "bronze_rows": table_rows(build_dir, BRONZE_TABLE),
+        "silver_rows": table_rows(build_dir, SILVER_TABLE),
+        "quarantine_rows": table_rows(build_dir, QUARANTINE_TABLE),
         "quarantine_by_rule": dict(sorted(by_rule.items(), key=lambda item: (-item[1], item[0]))),
-        "gold_tables": {
-            name: table_rows(build_dir, name, database) for name in paths if name.startswith(GOLD_PREFIX)
-        },
+        "gold_tables": {name: table_rows(build_dir, name) for name in paths if name.startswith(GOLD_PREFIX)},
         "table_paths": {name: str(path) for name, path in paths.items()},
     }
 
@@ -950,12 +952,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _create_schemas(spark, default_schema: str | None) -> None:
+    for schema in dict.fromkeys(filter(None, (default_schema, *LAYER_SCHEMAS))):
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{schema}`")
+
+
 def _pipelines_cli() -> None:
     """The stock ``spark-pipelines`` CLI (pyspark.pipelines.cli.main) with two changes made before it
     runs: it uses the build folder's long-lived Spark Connect server (SERVER_ENV set, see
     _connect_to_build_server) or starts its own listening on a free local port, not the fixed 15002
-    (so runs from several notebooks or tests do not collide); and the spec's database exists (the
-    CLI fails with SCHEMA_NOT_FOUND otherwise, and pipeline files may not run DDL)."""
+    (so runs from several notebooks or tests do not collide); and the spec's database and the layer
+    schemas the tables are published to (``bronze.bronze_events``) exist: the CLI fails with
+    SCHEMA_NOT_FOUND otherwise (Databricks creates them itself), and pipeline files may not run DDL."""
     from pyspark.pipelines import cli
     from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
 
@@ -964,8 +972,7 @@ def _pipelines_cli() -> None:
     if spec is not None and os.environ.get(SERVER_ENV):
         static_conf = json.loads(os.environ.get(STATIC_CONF_ENV) or "{}")
         spark = _connect_to_build_server(static_conf, Path(os.environ[SERVER_ENV]))
-        if spec.database:
-            spark.sql(f"CREATE DATABASE IF NOT EXISTS `{spec.database}`")
+        _create_schemas(spark, spec.database)
     elif spec is not None:
         port = _free_port()
         settings = {
@@ -982,8 +989,7 @@ def _pipelines_cli() -> None:
         os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
         # "localhost": the client then talks plain text (with the token), as for `--remote local`
         spark = RemoteSparkSession.builder.remote(f"sc://localhost:{port}").getOrCreate()
-        if spec.database:
-            spark.sql(f"CREATE DATABASE IF NOT EXISTS `{spec.database}`")
+        _create_schemas(spark, spec.database)
         # cli.run's SparkSession.builder.getOrCreate() now returns this session
     cli.main()
 

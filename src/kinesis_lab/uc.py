@@ -262,10 +262,24 @@ def validation_rows(response) -> list[dict]:
     ]
 
 
-def validate_storage_credential(w, name: str, url: str) -> list[dict]:
+READ_CHECKS = ("READ", "LIST")  # what a read-only credential must pass
+
+
+def failed_read_checks(rows: list[dict]) -> list[str]:
+    """The read checks (READ, LIST) that did not pass in ``validation_rows``."""
+    passed = {row["operation"] for row in rows if row["result"] == "PASS"}
+    return [operation for operation in READ_CHECKS if operation not in passed]
+
+
+def validate_storage_credential(w, name: str, url: str, delays=PROPAGATION_DELAYS, sleep=time.sleep) -> list[dict]:
     """Ask Unity Catalog to read and list at ``url`` with the credential (``read_only``: no write or delete
-    test, which the read-only role would fail); one row per operation."""
-    return validation_rows(w.storage_credentials.validate(storage_credential_name=name, url=url, read_only=True))
+    test, which the read-only role would fail); one row per operation. Asked again after each of
+    ``delays`` while a read check fails: a trust policy just updated takes a few seconds to apply."""
+    for delay in (*delays, None):
+        rows = validation_rows(w.storage_credentials.validate(storage_credential_name=name, url=url, read_only=True))
+        if not failed_read_checks(rows) or delay is None:
+            return rows
+        sleep(delay)
 
 
 # --- SQL templates ---------------------------------------------------------------------------------------
@@ -280,21 +294,24 @@ def sql_template_path(template_name: str) -> Path:
 
 
 def render_sql(template_name: str, **values: Any) -> str:
-    """Fill ``${...}`` in a SQL template. A missing value, or one that could break out of its quotes or
-    backticks, raises ``SqlTemplateError``."""
-    template = string.Template(sql_template_path(template_name).read_text())
-    missing = sorted(set(template.get_identifiers()) - set(values))
+    """Fill ``${...}`` in a SQL template. A value given as ``None`` leaves out every line that holds it (an
+    optional clause, e.g. ``MANAGED LOCATION``). A missing value, or one that could break out of its quotes
+    or backticks, raises ``SqlTemplateError``."""
+    text = sql_template_path(template_name).read_text()
+    missing = sorted(set(string.Template(text).get_identifiers()) - set(values))
     if missing:
         raise SqlTemplateError(
             f"SQL template {template_name!r} needs a value for: {', '.join(missing)} "
             f"(pass {', '.join(f'{m}=...' for m in missing)})"
         )
     for key, value in values.items():
-        if re.search(r"[`'\";\\\n]", str(value)):
+        if value is None:
+            text = "".join(line for line in text.splitlines(keepends=True) if f"${{{key}}}" not in line)
+        elif re.search(r"[`'\";\\\n]", str(value)):
             raise SqlTemplateError(
                 f"value for {key!r} contains a quote, backtick, semicolon or newline: {value!r}"
             )
-    return template.substitute({k: str(v) for k, v in values.items()})
+    return string.Template(text).substitute({k: str(v) for k, v in values.items() if v is not None})
 
 
 def sql_statements(sql: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Bronze: every line that lands under the Firehose prefix, as it came (streaming table ``bronze_events``).
+"""Bronze: every line that lands under the Firehose prefix, as it came (streaming table ``bronze.bronze_events``).
 
 Pipeline configuration:
   lab.source_path  where Firehose writes, e.g. s3://<bucket>/bronze/ (a Unity Catalog external location)
@@ -38,7 +38,7 @@ def read_landed_lines() -> DataFrame:
 
 
 @dp.table(
-    name="bronze_events",
+    name="bronze.bronze_events",
     comment="Raw Firehose lines: the line, every JSON field as text, _parse_ok, source file, ingestion time.",
 )
 def bronze_events() -> DataFrame:

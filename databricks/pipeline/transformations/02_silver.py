@@ -1,8 +1,8 @@
 """Silver: typed, one row per event_id, checked against medallion.quality_rules().
 
 ``silver_checked`` (temporary view) holds every deduplicated row with the list of rules it breaks;
-``silver_events`` keeps the rows breaking none and ``silver_quarantine`` the others, so no row is
-silently dropped. On Databricks the same rules are also declared as warn-only expectations on the
+``silver.silver_events`` keeps the rows breaking none and ``silver.silver_quarantine`` the others, so
+no row is silently dropped. On Databricks the same rules are also declared as warn-only expectations on the
 view: the pipeline UI then shows pass/fail counts per rule, while the split is done by the filter.
 Open-source Spark has no expectations API, hence the hasattr check.
 """
@@ -22,12 +22,12 @@ def with_expectations(query_function):
 @dp.temporary_view(name="silver_checked")
 @with_expectations
 def silver_checked() -> DataFrame:
-    bronze = spark.readStream.table("bronze_events")  # noqa: F821 - `spark` is injected by the pipeline
+    bronze = spark.readStream.table("bronze.bronze_events")  # noqa: F821 - `spark` is injected by the pipeline
     return medallion.check_silver(bronze)
 
 
 @dp.table(
-    name="silver_events",
+    name="silver.silver_events",
     comment="Valid events: typed columns (Year int, rate and children double), one row per event_id.",
 )
 def silver_events() -> DataFrame:
@@ -35,7 +35,7 @@ def silver_events() -> DataFrame:
 
 
 @dp.table(
-    name="silver_quarantine",
+    name="silver.silver_quarantine",
     comment="Rows breaking at least one quality rule: broken_rules, the raw line, what could be typed.",
 )
 def silver_quarantine() -> DataFrame:

@@ -1,0 +1,196 @@
+"""Notebooks 06-09 as they run inside Databricks, every cell, offline.
+
+The runtime's variable (DATABRICKS_RUNTIME_VERSION) is set; an IPython startup file gives each kernel
+`dbutils` (widgets) and `spark`, a local session on the local pipeline's metastore (tests/databricks_standins.py);
+the databricks-sdk talks to a Unity Catalog API stand-in on 127.0.0.1 that checks every request. AWS is
+unreachable (AWS_ENDPOINT_URL points at a closed port): inside Databricks the notebooks must not call it.
+
+What stands in for what, honestly: the catalog is `spark_catalog` (open-source Spark's only catalog, holding
+the layer schemas the pipeline made), and the landing bucket `s3://<bucket>/` is the local mirror folder the
+pipeline read (09's `source_path` widget, the bundle's lab.source_path; Databricks reads the s3:// URL).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+from databricks_standins import EXTERNAL_ID, SETTINGS_VAR, UnityCatalogAPI, write_ipython_startup
+
+from kinesis_lab import local_pipeline as lp
+from kinesis_lab import uc
+from kinesis_lab.dataset import SAMPLE_PATH
+from kinesis_lab.producer import iter_records
+
+pytestmark = [pytest.mark.notebooks, pytest.mark.spark]
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+PIPELINE_DIR = REPO / "databricks" / "pipeline"
+CATALOG = "spark_catalog"
+BUCKET = "jm-demo-s3-lab-123456789012-us-east-1"
+ROLE_ARN = "arn:aws:iam::123456789012:role/DatabricksUCRoleKinesisLab"
+CREDENTIAL, LOCATION = "kinesis_lab_landing_credential", "kinesis_lab_landing"
+DAY = Path("bronze/ingestion_date=2026/11/26")
+TOKEN = "dapi-test-token"
+
+
+@pytest.fixture(scope="module")
+def lakehouse(tmp_path_factory):
+    """The sample landed as Firehose writes it (two objects, one record delivered twice), and the local
+    pipeline run over it; its Spark server is stopped so a notebook's session can open the metastore."""
+    build = tmp_path_factory.mktemp("databricks-mode") / "build"
+    mirror = lp.external_location_dir(build)
+    records = [r.data for r in iter_records(SAMPLE_PATH)]
+    day = mirror / DAY
+    day.mkdir(parents=True)
+    (day / "salud-firehose-tos3-1-2026-11-26-10-00-00-aaaa").write_bytes(b"".join(records[:300]))
+    (day / "salud-firehose-tos3-1-2026-11-26-10-01-00-bbbb").write_bytes(b"".join(records[300:] + records[:1]))
+    lp.run_pipeline(PIPELINE_DIR, source_path=mirror / "bronze", build_dir=build, reuse_server=False, echo=None)
+    assert not lp.server_pids(build)
+    return {"build": build, "mirror": mirror, "records": len(records)}
+
+
+@pytest.fixture(scope="module")
+def workspace():
+    with UnityCatalogAPI(token=TOKEN) as api:
+        yield api
+
+
+@pytest.fixture
+def databricks_notebook(lakehouse, workspace, tmp_path, monkeypatch):
+    """run(name, **widgets): executes notebooks/<name> as inside Databricks; returns the executed notebook
+    and what the stand-ins logged (widgets defined, SQL statements)."""
+    write_ipython_startup(tmp_path / "ipython")
+    _, static_conf = lp.spark_settings(source_path=lakehouse["mirror"], build_dir=lakehouse["build"])
+    for name in [k for k in os.environ if k.startswith(("AWS_", "LAB_", "DATABRICKS_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
+    monkeypatch.setenv("DATABRICKS_HOST", workspace.url)
+    monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: any AWS call fails
+    monkeypatch.setenv("LAB_BUILD_DIR", str(lakehouse["build"]))
+
+    def run(name: str, **widgets: str):
+        log = tmp_path / f"{name}.log.jsonl"
+        monkeypatch.setenv(SETTINGS_VAR, json.dumps({
+            "widgets": widgets, "log": str(log), "s3_mirror": {f"s3://{BUCKET}/": str(lakehouse["mirror"])},
+            "spark_conf": {**static_conf, "spark.sql.session.timeZone": "UTC"},
+        }))
+        output = tmp_path / f"{name}.ipynb"
+        papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(output), cwd=str(NOTEBOOKS),
+                                   kernel_name="python3", progress_bar=False, execution_timeout=600)
+        entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        return nbformat.read(output, as_version=4), entries
+
+    return run
+
+
+def text_of(cell) -> str:
+    parts = []
+    for output in cell.get("outputs", []):
+        parts.append(output.get("text", ""))
+        parts.append(output.get("data", {}).get("text/plain", ""))
+    return "".join(parts)
+
+
+def widgets_defined(entries) -> dict[str, str]:
+    return {e["name"]: e["default"] for e in entries if e["kind"] == "widget"}
+
+
+def test_notebooks_06_to_09_run_inside_databricks(databricks_notebook, workspace, lakehouse):
+    # 06: the Databricks half only: storage credential, external location, validation, SQL, check
+    nb, entries = databricks_notebook("06_unity_catalog_external_location", catalog=CATALOG, bucket=BUCKET,
+                                      uc_role_arn=ROLE_ARN)
+    assert widgets_defined(entries) == {"catalog": "kinesis_lab", "managed_location": "", "bucket": "",
+                                        "uc_role_arn": ""}
+    assert workspace.problems == []
+    url = f"s3://{BUCKET}/"
+    credential_body = {"name": CREDENTIAL, "aws_iam_role": {"role_arn": ROLE_ARN},
+                       "comment": "kinesis lab: Firehose landing bucket (read-only)", "read_only": True,
+                       "skip_validation": True}
+    location_body = {"name": LOCATION, "url": url, "credential_name": CREDENTIAL,
+                     "comment": "kinesis lab: Firehose landing bucket (read-only)", "read_only": True,
+                     "enable_file_events": False}
+    api = "/api/2.1/unity-catalog"
+    assert workspace.api_requests() == [
+        ("GET", f"{api}/storage-credentials/{CREDENTIAL}", None),
+        ("POST", f"{api}/storage-credentials", credential_body),
+        ("GET", f"{api}/external-locations/{LOCATION}", None),
+        ("POST", f"{api}/external-locations", location_body),
+        ("POST", f"{api}/validate-storage-credentials",
+         {"storage_credential_name": CREDENTIAL, "url": url, "read_only": True}),
+        ("GET", f"{api}/external-locations/{LOCATION}", None),  # DESCRIBE EXTERNAL LOCATION in sql/02
+        ("GET", f"{api}/storage-credentials/{CREDENTIAL}", None),  # the check reads both back
+        ("GET", f"{api}/external-locations/{LOCATION}", None),
+    ]
+    role_name = ROLE_ARN.rsplit("/", 1)[1]
+    every_output = "".join(text_of(c) for c in nb.cells)
+    assert (f"python -m kinesis_lab.policies uc trust --external-id {EXTERNAL_ID} > build/uc-trust.json\n"
+            f"  aws iam update-assume-role-policy --role-name {role_name} "
+            "--policy-document file://build/uc-trust.json") in every_output
+    assert every_output.count("skipped inside Databricks: the AWS half runs on your machine") == 3
+    # every statement of sql/01 and sql/02, in order; what only Unity Catalog knows went to the stand-in
+    rendered = [uc.render_sql(name, catalog=CATALOG, managed_location=None, bucket=BUCKET, credential=CREDENTIAL,
+                              location=LOCATION, principal="account users")
+                for name in ("01_catalog_and_schemas", "02_external_location")]
+    statements = [s for sql in rendered for s in uc.sql_statements(sql)]
+    ran = [(e["by"], e["statement"]) for e in entries if e["kind"] == "sql"]
+    assert [s for _, s in ran] == statements
+    assert [s.split("`")[0].split("'")[0].strip() for by, s in ran if by == "stand-in"] == [
+        "CREATE CATALOG IF NOT EXISTS", "CREATE EXTERNAL LOCATION IF NOT EXISTS", "GRANT READ FILES ON EXTERNAL LOCATION",
+        "DESCRIBE EXTERNAL LOCATION", "LIST"]
+    assert f"s3://{BUCKET}/bronze/ingestion_date=2026/" in every_output  # LIST: the year folder, not the objects
+
+    # 07, 08: the pipeline's tables read as <catalog>.<layer>.<table> with spark
+    records = lakehouse["records"]
+    nb, entries = databricks_notebook("07_pipeline_bronze", catalog=CATALOG)
+    assert widgets_defined(entries) == {"catalog": "kinesis_lab"}
+    assert f"bronze_events: {records + 1} rows" in "".join(text_of(c) for c in nb.cells)
+    nb, entries = databricks_notebook("08_pipeline_silver", catalog=CATALOG)
+    counts = " ".join("".join(text_of(c) for c in nb.cells if "# NBVAL_CHECK_OUTPUT" in c.source).split())
+    assert f"bronze rows {records + 1}" in counts and f"silver + quarantine {records}" in counts
+
+    # 09: the dashboard, and the reconciliation of what landed (read with Spark) with the tables
+    source_path = (lakehouse["mirror"] / "bronze").as_uri()
+    nb, entries = databricks_notebook("09_gold_dashboard", catalog=CATALOG, bucket=BUCKET, source_path=source_path)
+    assert widgets_defined(entries) == {"catalog": "kinesis_lab", "bucket": "", "source_path": ""}
+    output = "".join(text_of(c) for c in nb.cells)
+    assert f"every hop reconciles: {source_path} -> spark_catalog.bronze -> spark_catalog.silver" in output
+    silver = len(lp.read_table(lakehouse["build"], "silver_events"))
+    quarantine = len(lp.read_table(lakehouse["build"], "silver_quarantine"))
+    assert silver + quarantine == records
+    for figure, value in {"landed lines": records + 1, "landed events": records, "bronze rows": records + 1,
+                          "silver rows": silver, "quarantine rows": quarantine,
+                          "landed event ids in neither silver table": 0,
+                          "event ids more than once in silver + quarantine": 0}.items():
+        assert f"{figure} {value}" in " ".join(output.split()), figure
+    assert workspace.problems == []
+    assert len(workspace.api_requests()) == 8  # 07-09 call no Unity Catalog API
+
+
+def test_09_inside_databricks_fails_when_lines_landed_after_the_pipeline_ran(databricks_notebook, lakehouse):
+    late = lakehouse["mirror"] / DAY / "salud-firehose-tos3-1-2026-11-26-11-00-00-cccc"
+    first = next(iter_records(SAMPLE_PATH)).data
+    late.write_bytes(first.replace(b'"event_id":"', b'"event_id":"late-'))
+    assert late.read_bytes() != first
+    try:
+        with pytest.raises(papermill.PapermillExecutionError) as failed:
+            databricks_notebook("09_gold_dashboard", catalog=CATALOG, bucket=BUCKET,
+                                source_path=(lakehouse["mirror"] / "bronze").as_uri())
+    finally:
+        late.unlink()
+    records = lakehouse["records"]
+    source_path = (lakehouse["mirror"] / "bronze").as_uri()
+    assert failed.value.ename == "AssertionError"
+    assert f"bronze_events has {records + 1} rows, {records + 2} lines landed under {source_path}: run the pipeline " \
+           "again if files landed since its last update" in failed.value.evalue
+    assert f"silver_events + silver_quarantine have {records} rows, {records + 1} distinct events landed" \
+           in failed.value.evalue
+    assert "1 landed event ids in neither silver table" in failed.value.evalue
