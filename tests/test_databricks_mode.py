@@ -24,7 +24,7 @@ from databricks_standins import EXTERNAL_ID, SETTINGS_VAR, UnityCatalogAPI, writ
 from kinesis_lab import local_pipeline as lp
 from kinesis_lab import uc
 from kinesis_lab.dataset import SAMPLE_PATH
-from kinesis_lab.producer import iter_records
+from kinesis_lab.records import iter_records
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.spark]
 

@@ -175,9 +175,11 @@ def _coerce(name: str, raw: str):
 
 def profile_region() -> str | None:
     """The region of the AWS profile in use (``AWS_PROFILE`` or default, from ~/.aws/config), if any."""
-    import boto3
-    from botocore.exceptions import BotoCoreError
-
+    try:
+        import boto3
+        from botocore.exceptions import BotoCoreError
+    except ImportError:  # a bare interpreter (no packages): no profile to read
+        return None
     try:
         return boto3.Session().region_name
     except BotoCoreError:  # e.g. AWS_PROFILE names a profile that does not exist
