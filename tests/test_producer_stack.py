@@ -12,9 +12,8 @@ import pytest
 from botocore.config import Config
 
 from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH
-from kinesis_lab.producer import DeliveryError, produce_file, simulate_throttling
+from kinesis_lab.producer import DeliveryError, SendInterrupted, produce_file, simulate_throttling
 
-pytestmark = pytest.mark.stack
 STREAM = "producer-test"
 SAMPLE_ROWS = 540
 
@@ -177,5 +176,7 @@ def test_empty_file_and_missing_stream(kinesis, tmp_path):
     result = produce_file(empty, stream_name=STREAM, kinesis=kinesis, progress=False)
     assert result.records_sent == 0 and result.put_calls == 0
     assert result.warnings == ["empty.csv is empty: nothing to send"]
-    with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
+    with pytest.raises(SendInterrupted, match="Kinesis refused PutRecords on stream 'no-such-stream': "
+                       "ResourceNotFoundException: ") as err:
         produce_file(SAMPLE_PATH, stream_name="no-such-stream", kinesis=kinesis, progress=False)
+    assert err.value.result.records_sent == 0
