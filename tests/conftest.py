@@ -1,5 +1,15 @@
-"""Shared fixtures. ``local_stack`` starts a real moto server + local Firehose service (separate
-processes, own state folder) once per test session and points boto3 at it."""
+"""Shared fixtures, and the markers that follow from them.
+
+``local_stack`` starts a real moto server + local Firehose service (separate processes, own state
+folder) once per test session and points boto3 at it; ``private_stacks`` / ``private_stack_dir`` give
+a test or a module a state folder for a stack of its own; ``pipeline_builds`` gives build folders for
+pipeline runs (each with its own Spark Connect server) and ``spark_session`` an in-process Spark.
+
+A test is marked ``stack``, ``spark``, ``notebooks`` and ``slow`` from the fixtures it uses, directly
+or through other fixtures (see FIXTURE_MARKERS), so ``-m`` selects correctly: ``-m "not spark and not
+notebooks"`` runs everything without Java. A test that starts a stack or Spark without going through
+these fixtures fails, saying which fixture to use (see ``pytest_runtest_setup``).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +19,56 @@ from pathlib import Path
 import boto3
 import pytest
 
-from kinesis_lab import stack
+from kinesis_lab import local_pipeline, stack
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"
 
+# fixture -> the markers every test using it (even indirectly) gets
+FIXTURE_MARKERS = {
+    "local_stack": ("stack",),
+    "private_stacks": ("stack",),
+    "pipeline_builds": ("spark", "slow"),  # a pipeline run: a Spark Connect server, 15-60 s per cold start
+    "spark_session": ("spark",),
+    "demo_run": ("notebooks", "slow"),  # the whole notebook series
+}
 
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture in item.fixturenames:  # the closure: fixtures used through other fixtures count
+            for marker in FIXTURE_MARKERS.get(fixture, ()):
+                if item.get_closest_marker(marker) is None:
+                    item.add_marker(marker)
+
+
+# --- the guard: starting a stack or Spark outside the fixtures would escape `-m` -------------------
+_running: dict[str, pytest.Item | None] = {"item": None}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _running["item"] = item  # module and session fixtures are set up within the first test's setup
+
+
+def _guarded(marker: str, fixtures: str, what: str, func):
+    def guard(*args, **kwargs):
+        item = _running["item"]
+        if item is not None and item.get_closest_marker(marker) is None:
+            raise AssertionError(f"{item.nodeid} {what} but is not marked {marker!r}: use {fixtures}")
+        return func(*args, **kwargs)
+
+    guard.__wrapped__ = func
+    return guard
+
+
+stack.up = _guarded("stack", "the local_stack or private_stacks fixture", "starts a local stack", stack.up)
+local_pipeline._run_subprocess = _guarded(
+    "spark", "the pipeline_builds fixture", "runs the pipeline (Spark)", local_pipeline._run_subprocess
+)
+
+
+# --- the local stack ---------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def local_stack_dir(tmp_path_factory):
     """The state folder of the session's local stack."""
@@ -52,3 +106,66 @@ def aws_clients(clean_stack):
         return boto3.client(name, region_name=REGION)
 
     return client
+
+
+@pytest.fixture(scope="session")
+def private_stacks():
+    """``private_stacks(state_dir)`` -> ``state_dir``: a state folder for a stack of a test's or a
+    module's own, started by the test (``stack.up``, ``kinesis-lab up``, a notebook); the user stops
+    it, and whatever still runs there is stopped at the end of the session."""
+    folders: list[Path] = []
+
+    def register(state_dir: Path) -> Path:
+        folders.append(Path(state_dir))
+        return Path(state_dir)
+
+    yield register
+    for folder in folders:
+        stack.down(folder)
+
+
+@pytest.fixture
+def private_stack_dir(private_stacks, tmp_path):
+    """``tmp_path / "state"`` (not created): the state folder of this test's own stack, stopped after it."""
+    state_dir = private_stacks(tmp_path / "state")
+    yield state_dir
+    stack.down(state_dir)
+
+
+# --- Spark -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def pipeline_builds():
+    """``pipeline_builds(build_dir)`` -> ``build_dir``: a build folder whose pipeline runs start (and
+    reuse) its own Spark Connect server. Every module that runs the pipeline has its own: they would
+    collide in one (same database and tables, and several kill or replace their server on purpose).
+    Servers still running are stopped at the end of the session."""
+    folders: list[Path] = []
+
+    def register(build_dir: Path) -> Path:
+        folders.append(Path(build_dir))
+        return Path(build_dir)
+
+    yield register
+    for folder in folders:
+        local_pipeline.stop_pipeline_server(folder)
+
+
+@pytest.fixture(scope="session")
+def spark_session():
+    """One in-process SparkSession (local[2]) for every test that runs pipeline logic directly."""
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("kinesis-lab-tests")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.ansi.enabled", "true")  # the default in Spark 4: bad casts would raise
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .getOrCreate()
+    )
+    yield session
+    session.stop()

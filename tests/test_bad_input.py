@@ -272,7 +272,7 @@ def test_every_line_case_gets_the_producers_verdict(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
+def pipeline_run(tmp_path_factory, pipeline_builds):
     """Every case file's records in one landing folder (what Firehose writes), one pipeline run."""
     base = tmp_path_factory.mktemp("bad-input")
     csvs = [write_lines_csv(base)]
@@ -287,7 +287,7 @@ def pipeline_run(tmp_path_factory):
         run = lp.run_pipeline(
             PIPELINE_DIR,
             source_path=base / "external_location" / "bronze",
-            build_dir=base / "build",
+            build_dir=pipeline_builds(base / "build"),
             echo=None,
         )
         yield base, {p.name: p for p in csvs}, run
@@ -296,7 +296,6 @@ def pipeline_run(tmp_path_factory):
             lp.stop_pipeline_server(base / "build")
 
 
-@pytest.mark.spark
 def test_every_line_case_ends_in_silver_or_quarantine_with_its_rule(pipeline_run):
     base, csvs, run = pipeline_run
     print(f"pipeline run: {run.duration_s:.1f} s")
@@ -327,7 +326,6 @@ def test_every_line_case_ends_in_silver_or_quarantine_with_its_rule(pipeline_run
     assert errors[lines["unclosed_quote"]] == "unclosed quote"  # the producer's reason reaches the table
 
 
-@pytest.mark.spark
 def test_header_variants_give_the_same_row(pipeline_run):
     base, csvs, _ = pipeline_run
     silver = lp.read_table(base / "build", lp.SILVER_TABLE)

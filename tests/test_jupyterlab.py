@@ -80,10 +80,9 @@ def test_lab_on_aws_starts_no_local_stack(tmp_path, monkeypatch, captured_exec):
     assert not (tmp_path / "state").exists()
 
 
-@pytest.mark.stack
 @pytest.mark.skipif(os.name != "posix", reason="kinesis-lab lab execs JupyterLab on POSIX only")
-def test_lab_on_local_starts_the_stack_and_hands_its_env_to_jupyterlab(tmp_path, monkeypatch, captured_exec):
-    state_dir = tmp_path / "state"
+def test_lab_on_local_starts_the_stack_and_hands_its_env_to_jupyterlab(private_stack_dir, monkeypatch, captured_exec):
+    state_dir = private_stack_dir
     monkeypatch.setenv("LAB_STATE_DIR", str(state_dir))
     monkeypatch.delenv("LAB_TARGET", raising=False)
     try:

@@ -140,7 +140,6 @@ def produced(aws_clients):
     return kinesis, s3
 
 
-@pytest.mark.stack
 def test_ledger_reads_every_shard_and_names_the_lost_line(produced, tmp_path):
     kinesis, s3 = produced
     ledger = lg.build_ledger(
@@ -188,7 +187,6 @@ def lab_env(local_stack, local_stack_dir, tmp_path, monkeypatch):
     return tmp_path / "build"
 
 
-@pytest.mark.stack
 def test_reconcile_command_prints_the_table_writes_the_summary_and_fails_on_a_loss(produced, lab_env):
     printed: list[str] = []
     assert lg.run_reconcile(dataset=str(SAMPLE_PATH), out=printed.append) == 1
@@ -215,7 +213,6 @@ def test_reconcile_command_prints_the_table_writes_the_summary_and_fails_on_a_lo
     assert read_summary(lab_env)["ledger_missing"] == 0
 
 
-@pytest.mark.stack
 def test_reconcile_command_errors(lab_env, tmp_path, monkeypatch, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text(HEADER.replace(",Gender", "") + "\n" + GOOD + "\n")
@@ -234,7 +231,6 @@ def test_reconcile_command_errors(lab_env, tmp_path, monkeypatch, capsys):
     assert not (lab_env / "run-summary.json").exists()
 
 
-@pytest.mark.stack
 def test_kinesis_lab_reconcile_command(produced, lab_env):
     done = subprocess.run(
         [sys.executable, "-m", "kinesis_lab.cli", "reconcile", "--dataset", str(SAMPLE_PATH)],

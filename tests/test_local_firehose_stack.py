@@ -6,16 +6,16 @@ import base64
 import gzip
 import json
 import re
-import time
 import uuid
 from datetime import UTC
+from pathlib import Path
 
 import pytest
+from waiting import DEADLINE, LogWatch, wait_until
 
 from kinesis_lab import stack
 from kinesis_lab.firehose_config import build_delivery_stream_request, create_delivery_stream
-
-pytestmark = pytest.mark.stack
+from kinesis_lab.local_firehose.checkpoints import stream_key
 
 ACCOUNT = "123456789012"
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/FirehoseToS3Role"
@@ -80,15 +80,71 @@ def lines_of(objects: dict[str, bytes]) -> list[bytes]:
     return [line + b"\n" for body in objects.values() for line in body.splitlines()]
 
 
-def wait_for_lines(clients, bucket: str, expected: int, timeout: float, prefix: str = "") -> dict[str, bytes]:
-    """Poll S3 until ``expected`` lines are delivered, then once more to catch any extra (duplicate) object."""
-    deadline = time.monotonic() + timeout
-    objects = read_objects(clients, bucket, prefix)
-    while len(lines_of(objects)) < expected and time.monotonic() < deadline:
-        time.sleep(0.25)
-        objects = read_objects(clients, bucket, prefix)
-    time.sleep(0.5)
+def checkpointed(state_dir) -> dict[str, dict[str, str]]:
+    """The local Firehose service's checkpoints: delivery stream key -> shard -> last delivered sequence
+    number (the file is replaced atomically: always whole)."""
+    try:
+        data = json.loads((Path(state_dir) / "firehose" / "checkpoints.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {key: value["shards"] for key, value in data["delivery_streams"].items()}
+
+
+def delivery_key(clients, name: str) -> str:
+    """How the service keys a delivery stream's checkpoints (ARN + CreateTimestamp)."""
+    desc = clients("firehose").describe_delivery_stream(DeliveryStreamName=name)["DeliveryStreamDescription"]
+    return stream_key(desc["DeliveryStreamARN"], desc["CreateTimestamp"].astimezone(UTC))
+
+
+def last_positions(clients, stream: str, records: list[bytes]) -> dict[str, int]:
+    """Shard -> sequence number of the last of ``records`` in it, read back from the stream."""
+    kinesis, wanted, out = clients("kinesis"), set(records), {}
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while True:
+            page = kinesis.get_records(ShardIterator=iterator, Limit=10000)
+            if not page["Records"]:
+                break
+            for rec in page["Records"]:
+                if rec["Data"] in wanted:
+                    out[shard["ShardId"]] = max(out.get(shard["ShardId"], 0), int(rec["SequenceNumber"]))
+            iterator = page["NextShardIterator"]
+    return out
+
+
+def wait_for_delivery(
+    clients, state_dir, name: str, stream: str, records: list[bytes], bucket: str, prefix: str = "",
+    timeout: float = DEADLINE,
+) -> dict[str, bytes]:
+    """Wait until delivery stream ``name`` has checkpointed every one of ``records``, then return every
+    object under ``prefix``. The service checkpoints a record only once the object holding it is in S3
+    and never reads it again, so what this returns is all that will ever be delivered for them:
+    duplicates included, whatever the machine's load."""
+    key, wanted = delivery_key(clients, name), last_positions(clients, stream, records)
+    assert len(wanted) or not records, f"none of the {len(records)} records is in {stream}"
+
+    def done() -> bool:
+        have = checkpointed(state_dir).get(key, {})
+        return all(int(have.get(shard, -1)) >= seq for shard, seq in wanted.items())
+
+    wait_until(done, f"{name} to deliver (checkpoint) the {len(records)} records put into {stream}", timeout,
+               detail=lambda: f"checkpoints {checkpointed(state_dir).get(key)}, last positions {wanted}; "
+               f"see {Path(state_dir) / 'logs' / 'firehose.log'}")  # fmt: skip
     return read_objects(clients, bucket, prefix)
+
+
+def wait_for_a_whole_poll(clients, state_dir, tag: str) -> None:
+    """Return once the service has polled every delivery stream it reads, at least once entirely after
+    this call began: two probe records on a delivery stream of their own (interval 0), the second put
+    after the first was delivered, so it is read in a later poll than anything put before this call."""
+    name = f"probe-{tag}"
+    arn = make_source(clients, name, name)
+    make_delivery_stream(clients, name, arn, name, buffer_interval_seconds=0)
+    for n in range(2):
+        probe = put_lines(clients, name, "probe", 1, start=n)
+        wait_for_delivery(clients, state_dir, name, name, probe, name)
 
 
 def arrival_times(clients, stream: str) -> dict[bytes, object]:
@@ -104,15 +160,21 @@ def arrival_times(clients, stream: str) -> dict[bytes, object]:
     return out
 
 
-# --- tests ----------------------------------------------------------------------------------------
-def test_delivers_exactly_the_records_put_after_creation(aws_clients):
+# --- tests ---------------------------------------------------------------------------------------
+@pytest.fixture
+def firehose_log(local_stack_dir):
+    """The session service's log, from now on."""
+    return LogWatch(stack.log_dir(local_stack_dir) / "firehose.log")
+
+
+def test_delivers_exactly_the_records_put_after_creation(aws_clients, local_stack_dir):
     bucket, stream, name = "fh-exact-bucket", "fh-exact-stream", "fh-exact"
     arn = make_source(aws_clients, stream, bucket)
     before = put_lines(aws_clients, stream, "before", 50)
     make_delivery_stream(aws_clients, name, arn, bucket, compression="GZIP")
     sent = put_lines(aws_clients, stream, "after", 2000)
 
-    objects = wait_for_lines(aws_clients, bucket, 2000, timeout=2 + 5)
+    objects = wait_for_delivery(aws_clients, local_stack_dir, name, stream, sent, bucket)
 
     delivered = lines_of(objects)
     assert sorted(delivered) == sorted(sent)  # all of them, once each, byte for byte
@@ -124,7 +186,7 @@ def test_delivers_exactly_the_records_put_after_creation(aws_clients):
         assert re.fullmatch(expected, key), key
 
 
-def test_delimiter_processor_and_default_time_prefix(aws_clients):
+def test_delimiter_processor_and_default_time_prefix(aws_clients, local_stack_dir):
     bucket, stream, name = "fh-delim-bucket", "fh-delim-stream", "fh-delim"
     arn = make_source(aws_clients, stream, bucket)
     processing = {"Enabled": True, "Processors": [{"Type": "AppendDelimiterToRecord"}]}
@@ -132,14 +194,14 @@ def test_delimiter_processor_and_default_time_prefix(aws_clients):
                          buffer_interval_seconds=0, extra={"ProcessingConfiguration": processing})  # fmt: skip
     sent = put_lines(aws_clients, stream, "delim", 300, newline=False)
 
-    objects = wait_for_lines(aws_clients, bucket, 300, timeout=5)
+    objects = wait_for_delivery(aws_clients, local_stack_dir, name, stream, sent, bucket)
 
     assert sorted(lines_of(objects)) == sorted(r + b"\n" for r in sent)
     for key in objects:  # no timestamp expression: yyyy/MM/dd/HH/ appended; not compressed
         assert re.fullmatch(rf"plain/\d{{4}}/\d{{2}}/\d{{2}}/\d{{2}}/{name}-1-[\d-]{{19}}-{UUID}", key), key
 
 
-def test_lambda_processor_records_go_to_the_error_prefix(aws_clients):
+def test_lambda_processor_records_go_to_the_error_prefix(aws_clients, local_stack_dir):
     bucket, stream, name = "fh-lambda-bucket", "fh-lambda-stream", "fh-lambda"
     lambda_arn = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:transform"
     processing = {"Enabled": True, "Processors": [
@@ -149,7 +211,7 @@ def test_lambda_processor_records_go_to_the_error_prefix(aws_clients):
                          extra={"ProcessingConfiguration": processing})  # fmt: skip
     sent = put_lines(aws_clients, stream, "lambda", 20)
 
-    objects = wait_for_lines(aws_clients, bucket, 20, timeout=5)
+    objects = wait_for_delivery(aws_clients, local_stack_dir, name, stream, sent, bucket)
 
     assert objects and all(k.startswith("errors/processing-failed/ingestion_date=") for k in objects)
     docs = [json.loads(line) for line in lines_of(objects)]
@@ -160,20 +222,21 @@ def test_lambda_processor_records_go_to_the_error_prefix(aws_clients):
                             "attemptEndingTimestamp", "rawData", "lambdaArn"}  # fmt: skip
 
 
-def test_missing_bucket_is_retried_and_nothing_is_lost(aws_clients):
+def test_missing_bucket_is_retried_and_nothing_is_lost(aws_clients, local_stack_dir, firehose_log):
     bucket, stream, name = "fh-late-bucket", "fh-late-stream", "fh-late"
     arn = make_source(aws_clients, stream, bucket=None)
     make_delivery_stream(aws_clients, name, arn, bucket, buffer_interval_seconds=0)
     sent = put_lines(aws_clients, stream, "late", 100)
-    time.sleep(1.5)  # the service reads them and fails to write: NoSuchBucket
+    # the service reads them and fails to write them: NoSuchBucket (then retries with a backoff)
+    firehose_log.wait_for(f"delivery stream {name}: cannot write", "NoSuchBucket")
     aws_clients("s3").create_bucket(Bucket=bucket)
 
-    objects = wait_for_lines(aws_clients, bucket, 100, timeout=6)
+    objects = wait_for_delivery(aws_clients, local_stack_dir, name, stream, sent, bucket)
 
     assert sorted(lines_of(objects)) == sorted(sent)
 
 
-def test_invalid_config_created_behind_validation_is_not_delivered(aws_clients):
+def test_invalid_config_created_behind_validation_is_not_delivered(aws_clients, local_stack_dir, firehose_log):
     bucket, stream, name = "fh-broken-bucket", "fh-broken-stream", "fh-broken"
     arn = make_source(aws_clients, stream, bucket)
     request = build_delivery_stream_request(
@@ -183,30 +246,34 @@ def test_invalid_config_created_behind_validation_is_not_delivered(aws_clients):
     )  # fmt: skip
     aws_clients("firehose").create_delivery_stream(**request)  # moto accepts what AWS rejects
     put_lines(aws_clients, stream, "broken", 10)
-    time.sleep(1.5)
+    firehose_log.wait_for(f"delivery stream {name} is not delivered: real Firehose would have rejected it")
+    wait_for_a_whole_poll(aws_clients, local_stack_dir, "broken")  # it had every chance to deliver them
     assert read_objects(aws_clients, bucket) == {}
 
 
-def test_deleted_delivery_stream_is_no_longer_read(aws_clients):
+def test_deleted_delivery_stream_is_no_longer_read(aws_clients, local_stack_dir, firehose_log):
     bucket, stream, name = "fh-deleted-bucket", "fh-deleted-stream", "fh-deleted"
     arn = make_source(aws_clients, stream, bucket)
     make_delivery_stream(aws_clients, name, arn, bucket, buffer_interval_seconds=0)
     first = put_lines(aws_clients, stream, "first", 10)
-    assert sorted(lines_of(wait_for_lines(aws_clients, bucket, 10, timeout=5))) == sorted(first)
+    assert sorted(lines_of(wait_for_delivery(aws_clients, local_stack_dir, name, stream, first, bucket))) == sorted(
+        first
+    )
 
     aws_clients("firehose").delete_delivery_stream(DeliveryStreamName=name)
-    time.sleep(1.0)  # deleting is asynchronous (on AWS too): let the service see it at its next poll
+    # deleting is asynchronous (on AWS too): the service stops reading once it has seen it gone
+    firehose_log.wait_for(f"delivery stream {name} is gone (deleted or moto reset): stopped reading it")
     put_lines(aws_clients, stream, "second", 10)
-    time.sleep(1.5)
+    wait_for_a_whole_poll(aws_clients, local_stack_dir, "deleted")
     assert sorted(lines_of(read_objects(aws_clients, bucket))) == sorted(first)
 
 
-def test_survives_a_reset_and_does_not_reuse_old_checkpoints(aws_clients, clean_stack):
+def test_survives_a_reset_and_does_not_reuse_old_checkpoints(aws_clients, clean_stack, local_stack_dir):
     bucket, stream, name = "fh-reset-bucket", "fh-reset-stream", "fh-reset"
     arn = make_source(aws_clients, stream, bucket)
     make_delivery_stream(aws_clients, name, arn, bucket, buffer_interval_seconds=0)
     old = put_lines(aws_clients, stream, "old", 300)
-    assert len(lines_of(wait_for_lines(aws_clients, bucket, 300, timeout=5))) == 300
+    assert len(lines_of(wait_for_delivery(aws_clients, local_stack_dir, name, stream, old, bucket))) == 300
 
     stack.reset(clean_stack.endpoint)  # everything disappears, the service keeps running
     arn = make_source(aws_clients, stream, bucket)  # same names again: sequence numbers restart
@@ -214,20 +281,19 @@ def test_survives_a_reset_and_does_not_reuse_old_checkpoints(aws_clients, clean_
     make_delivery_stream(aws_clients, name, arn, bucket, buffer_interval_seconds=0)
     new = put_lines(aws_clients, stream, "new", 200)
 
-    delivered = lines_of(wait_for_lines(aws_clients, bucket, 200, timeout=5))
+    delivered = lines_of(wait_for_delivery(aws_clients, local_stack_dir, name, stream, new, bucket))
     assert sorted(delivered) == sorted(new)
     assert not (set(old) | set(before)) & set(delivered)
     assert stack.pid_alive(clean_stack.firehose_pid)
 
 
-def test_update_destination_changes_prefix_and_version_in_key(aws_clients):
+def test_update_destination_changes_prefix_and_version_in_key(aws_clients, local_stack_dir, firehose_log):
     bucket, stream, name = "fh-update-bucket", "fh-update-stream", "fh-update"
     arn = make_source(aws_clients, stream, bucket)
     make_delivery_stream(aws_clients, name, arn, bucket, buffer_interval_seconds=0)
     first = put_lines(aws_clients, stream, "v1", 10)
-    assert sorted(lines_of(wait_for_lines(aws_clients, bucket, 10, timeout=5, prefix="bronze/"))) == sorted(
-        first
-    )
+    delivered = wait_for_delivery(aws_clients, local_stack_dir, name, stream, first, bucket, prefix="bronze/")
+    assert sorted(lines_of(delivered)) == sorted(first)
 
     firehose = aws_clients("firehose")
     desc = firehose.describe_delivery_stream(DeliveryStreamName=name)["DeliveryStreamDescription"]
@@ -237,10 +303,14 @@ def test_update_destination_changes_prefix_and_version_in_key(aws_clients):
         DestinationId=desc["Destinations"][0]["DestinationId"],
         ExtendedS3DestinationUpdate={"Prefix": "silver/!{timestamp:yyyy}/"},
     )
+    # the update takes effect when the service sees it (asynchronous on AWS too): records put before
+    # then may still go out under version 1
+    firehose_log.wait_for(f"delivery stream {name} now at version 2")
     second = put_lines(aws_clients, stream, "v2", 10)
 
-    objects = wait_for_lines(aws_clients, bucket, 10, timeout=5, prefix="silver/")
+    objects = wait_for_delivery(aws_clients, local_stack_dir, name, stream, second, bucket, prefix="silver/")
     assert sorted(lines_of(objects)) == sorted(second)
     assert all(re.fullmatch(rf"silver/\d{{4}}/{name}-2-[\d-]{{19}}-{UUID}", key) for key in objects), list(
         objects
     )
+    assert sorted(lines_of(read_objects(aws_clients, bucket, "bronze/"))) == sorted(first)  # nothing else there

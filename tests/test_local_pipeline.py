@@ -14,11 +14,13 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from waiting import DEADLINE, wait_until
 
 from kinesis_lab import local_pipeline as lp
 
@@ -105,7 +107,6 @@ def test_read_table_uses_only_committed_files_of_a_streaming_table(tmp_path):
 
 
 # --- mirror (real local stack) ---------------------------------------------------------------------
-@pytest.mark.stack
 def test_mirror_is_incremental_and_keeps_the_key_layout(aws_clients, tmp_path):
     s3 = aws_clients("s3")
     s3.create_bucket(Bucket="mirror-test")
@@ -176,18 +177,6 @@ def write_lines(path: Path, lines: list[str], gz: bool = False) -> None:
     path.write_bytes(gzip.compress(data) if gz else data)
 
 
-@pytest.fixture(scope="module")
-def e2e(tmp_path_factory):
-    """Build folder + landing folder shared by the ordered e2e tests below; their Spark Connect server
-    is stopped at the end (no JVM left behind)."""
-    base = tmp_path_factory.mktemp("e2e")
-    state = {"build": base / "build", "source": base / "external_location" / "bronze", "durations": {}}
-    yield state
-    lp.stop_pipeline_server(state["build"])
-    assert lp.server_pids(state["build"]) == []
-    print("pipeline run durations:", {k: round(v, 1) for k, v in state["durations"].items()})
-
-
 UPSTREAM = {
     "silver_events": ["bronze_events"],
     "silver_quarantine": ["bronze_events"],
@@ -197,83 +186,157 @@ UPSTREAM = {
     "gold_quarantine_by_rule": ["silver_quarantine"],
     "gold_aggregate_rates": ["silver_events"],
 }
+TABLES = ("bronze_events", "silver_events", "silver_quarantine", "gold_rate_by_region_year", "gold_top_countries_latest")
 
 
-def run(e2e, label: str, full_refresh: bool = False, reuse_server: bool = True) -> lp.PipelineRun:
-    result = lp.run_pipeline(
-        PIPELINE_DIR,
-        source_path=e2e["source"],
-        build_dir=e2e["build"],
-        full_refresh=full_refresh,
-        reuse_server=reuse_server,
-    )
-    e2e["durations"][label] = result.duration_s
-    print(f"pipeline run '{label}': {result.duration_s:.1f} s, server {result.server} ({result.server_pid})")
-    assert set(result.flows) == {
-        "bronze_events",
-        "silver_events",
-        "silver_quarantine",
-        "gold_rate_by_region_year",
-        "gold_top_countries_latest",
-        "gold_gender_comparison",
-        "gold_quarantine_by_rule",
-        "gold_aggregate_rates",
-    }
-    assert set(result.flows.values()) == {"COMPLETED"}
-    # each flow starts only once the flows it reads from have completed (see medallion's docstring:
-    # withColumn over an existing table silently broke this on every run after the first)
-    events = [(flow, state) for _, flow, state in result.timeline]
-    for flow, upstreams in UPSTREAM.items():
-        for upstream in upstreams:
-            assert events.index((upstream, "COMPLETED")) < events.index((flow, "STARTING")), (flow, upstream)
-    return result
+@dataclass
+class Stage:
+    """What one pipeline run of the sequence saw: the tables before and after it, the servers."""
+
+    result: lp.PipelineRun
+    before: dict  # pipeline_summary before the run
+    after: dict
+    tables: dict  # table -> DataFrame, right after the run
+    servers: list[int]  # the build folder's server pids after the run
+    previous_server: int | None  # the server the previous run used
+    ingested_before: object  # the latest bronze _ingested_at before the run (None: no bronze yet)
 
 
-@pytest.mark.spark
+class Sequence:
+    """One build folder through five runs, in order: first load, nothing new, one new file, the server
+    killed before a run, a full refresh. ``stage(name)`` runs whatever earlier runs it needs first, so
+    each test below works alone, in any order (a stage that failed fails every later one)."""
+
+    STAGES = ("first", "no_new_data", "new_file", "server_killed", "full_refresh")
+
+    def __init__(self, build: Path, source: Path):
+        self.build, self.source = build, source
+        self.done: dict[str, Stage] = {}
+        self.failed: dict[str, str] = {}
+        self.server_pid: int | None = None
+        self.durations: dict[str, float] = {}
+
+    def stage(self, name: str) -> Stage:
+        for step in self.STAGES[: self.STAGES.index(name) + 1]:
+            if step in self.failed:
+                pytest.fail(f"pipeline run '{step}' failed: {self.failed[step]}")
+            if step not in self.done:
+                try:
+                    self.done[step] = self._run(step)
+                except BaseException as exc:
+                    self.failed[step] = f"{type(exc).__name__}: {exc}"
+                    raise
+        return self.done[name]
+
+    def _run(self, step: str) -> Stage:
+        before = lp.pipeline_summary(self.build)
+        bronze = lp.read_table(self.build, "bronze_events") if before["bronze_rows"] else None
+        ingested_before = bronze["_ingested_at"].max() if bronze is not None else None
+        previous = self.server_pid
+        result = getattr(self, step)()
+        self.durations[step] = result.duration_s
+        self.server_pid = result.server_pid
+        print(f"pipeline run '{step}': {result.duration_s:.1f} s, server {result.server} ({result.server_pid})")
+        tables = {name: lp.read_table(self.build, name) for name in TABLES}
+        return Stage(result, before, lp.pipeline_summary(self.build), tables, lp.server_pids(self.build),
+                     previous, ingested_before)  # fmt: skip
+
+    def run(self, full_refresh: bool = False) -> lp.PipelineRun:
+        result = lp.run_pipeline(PIPELINE_DIR, source_path=self.source, build_dir=self.build, full_refresh=full_refresh)
+        assert set(result.flows) == {
+            "bronze_events",
+            "silver_events",
+            "silver_quarantine",
+            "gold_rate_by_region_year",
+            "gold_top_countries_latest",
+            "gold_gender_comparison",
+            "gold_quarantine_by_rule",
+            "gold_aggregate_rates",
+        }
+        assert set(result.flows.values()) == {"COMPLETED"}
+        # each flow starts only once the flows it reads from have completed (see medallion's docstring:
+        # withColumn over an existing table silently broke this on every run after the first)
+        events = [(flow, state) for _, flow, state in result.timeline]
+        for flow, upstreams in UPSTREAM.items():
+            for upstream in upstreams:
+                assert events.index((upstream, "COMPLETED")) < events.index((flow, "STARTING")), (flow, upstream)
+        return result
+
+    # --- the five runs ---
+    def first(self) -> lp.PipelineRun:
+        day = self.source / "ingestion_date=2026" / "11" / "26"
+        twin = {"Country": "Mali", "Country_Code": "MLI", "Region": "Sub-Saharan Africa", "Year": "2019"}
+        twin["Child_Labor_Rate_Percent"] = "30.0"
+        write_lines(
+            day / "salud-firehose-tos3-1-2026-11-26-01-00-00-aaaa",
+            [
+                rec("evt-a1"),
+                rec("evt-a2", Gender=" Boys ", Child_Labor_Rate_Percent="40,5"),
+                rec("evt-a3", Gender="girls"),
+                rec("twin-1", **twin),  # identical CSV rows, different events: both stay
+                rec("twin-2", **twin),
+                rec("evt-bad-year", Year="N/A"),
+                bad_marker("evt-marker"),
+                rec("evt-a1"),  # redelivered in the same file
+            ],
+        )
+        write_lines(
+            day / "salud-firehose-tos3-1-2026-11-26-01-05-00-bbbb.gz",
+            [
+                rec("evt-b1", Country="Peru", Country_Code="PER", Region="Latin America", Year="2018",
+                    Child_Labor_Rate_Percent="20.0"),  # fmt: skip
+                rec("evt-a2"),  # redelivered in another (gzip) file
+            ],
+            gz=True,
+        )
+        write_lines(day / "someone-dropped-a-csv.csv", ["Country,Year", "", "Chad,2015"])
+        return self.run()
+
+    def no_new_data(self) -> lp.PipelineRun:
+        return self.run()
+
+    def new_file(self) -> lp.PipelineRun:
+        write_lines(
+            self.source / "ingestion_date=2026" / "11" / "27" / "salud-firehose-tos3-1-2026-11-27-09-00-00-cccc",
+            [
+                rec("evt-c1", Country="India", Country_Code="IND", Region="South Asia", Year="2016"),
+                rec("evt-c2", Country="India", Country_Code="IND", Region="South Asia", Year="2016", Gender="Male"),
+                rec("evt-a1"),  # a late redelivery of an event loaded in the first run
+                rec("evt-c3", Child_Labor_Rate_Percent="250"),
+            ],
+        )
+        return self.run()
+
+    def server_killed(self) -> lp.PipelineRun:
+        os.kill(self.server_pid, signal.SIGKILL)  # no clean shutdown: Derby recovers its metastore
+        return self.run()
+
+    def full_refresh(self) -> lp.PipelineRun:
+        return self.run(full_refresh=True)
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory, pipeline_builds):
+    """The run sequence of one build folder (and landing folder); its Spark Connect server is stopped
+    at the end (no JVM left behind)."""
+    base = tmp_path_factory.mktemp("e2e")
+    sequence = Sequence(pipeline_builds(base / "build"), base / "external_location" / "bronze")
+    yield sequence
+    lp.stop_pipeline_server(sequence.build)
+    assert lp.server_pids(sequence.build) == []
+    print("pipeline run durations:", {k: round(v, 1) for k, v in sequence.durations.items()})
+
+
 def test_e2e_first_run(e2e):
-    day = e2e["source"] / "ingestion_date=2026" / "11" / "26"
-    twin = {"Country": "Mali", "Country_Code": "MLI", "Region": "Sub-Saharan Africa", "Year": "2019"}
-    twin["Child_Labor_Rate_Percent"] = "30.0"
-    write_lines(
-        day / "salud-firehose-tos3-1-2026-11-26-01-00-00-aaaa",
-        [
-            rec("evt-a1"),
-            rec("evt-a2", Gender=" Boys ", Child_Labor_Rate_Percent="40,5"),
-            rec("evt-a3", Gender="girls"),
-            rec("twin-1", **twin),  # identical CSV rows, different events: both stay
-            rec("twin-2", **twin),
-            rec("evt-bad-year", Year="N/A"),
-            bad_marker("evt-marker"),
-            rec("evt-a1"),  # redelivered in the same file
-        ],
-    )
-    write_lines(
-        day / "salud-firehose-tos3-1-2026-11-26-01-05-00-bbbb.gz",
-        [
-            rec(
-                "evt-b1",
-                Country="Peru",
-                Country_Code="PER",
-                Region="Latin America",
-                Year="2018",
-                Child_Labor_Rate_Percent="20.0",
-            ),
-            rec("evt-a2"),  # redelivered in another (gzip) file
-        ],
-        gz=True,
-    )
-    write_lines(day / "someone-dropped-a-csv.csv", ["Country,Year", "", "Chad,2015"])
+    first = e2e.stage("first")
+    assert first.result.server == "started"
+    assert first.servers == [first.result.server_pid]
 
-    result = run(e2e, "first (cold)")
-    assert result.server == "started"
-    assert lp.server_pids(e2e["build"]) == [result.server_pid]
-    e2e["server_pid"] = result.server_pid
-
-    summary = lp.pipeline_summary(e2e["build"])
+    summary = first.after
     assert summary["bronze_rows"] == 8 + 2 + 2  # every non-blank line, duplicates included
-    silver = lp.read_table(e2e["build"], "silver_events")
+    silver = first.tables["silver_events"]
     assert sorted(silver["event_id"]) == ["evt-a1", "evt-a2", "evt-a3", "evt-b1", "twin-1", "twin-2"]
-    quarantine = lp.read_table(e2e["build"], "silver_quarantine")
+    quarantine = first.tables["silver_quarantine"]
     assert len(quarantine) == 4  # bad year, producer marker, two CSV lines
     rules = {(row.event_id, tuple(row.broken_rules)) for row in quarantine.itertuples() if row.event_id}
     assert rules == {("evt-bad-year", ("year_is_integer",)), ("evt-marker", ("record_parsed",))}
@@ -283,7 +346,7 @@ def test_e2e_first_run(e2e):
     assert summary["quarantine_by_rule"] == {"record_parsed": 3, "year_is_integer": 1}
 
     # silver + quarantine == distinct event ids + lines without one
-    bronze = lp.read_table(e2e["build"], "bronze_events")
+    bronze = first.tables["bronze_events"]
     expected = bronze["event_id"].dropna().nunique() + bronze["event_id"].isna().sum()
     assert summary["silver_rows"] + summary["quarantine_rows"] == expected == 10
 
@@ -300,16 +363,14 @@ def test_e2e_first_run(e2e):
     assert (
         gold["gold_rate_by_region_year"] == 3
     )  # (Sub-Saharan Africa, 2015), (.., 2019), (Latin America, 2018)
-    top = lp.read_table(e2e["build"], "gold_top_countries_latest").sort_values("rank")
+    top = first.tables["gold_top_countries_latest"].sort_values("rank")
     assert list(top["Country_Code"]) == ["TCD", "MLI", "PER"]
 
 
-@pytest.mark.spark
 def test_e2e_second_run_without_new_data_adds_nothing(e2e):
-    before = lp.pipeline_summary(e2e["build"])
-    result = run(e2e, "second (no new data)")
-    assert (result.server, result.server_pid) == ("reused", e2e["server_pid"])
-    assert_same_tables(lp.pipeline_summary(e2e["build"]), before)
+    second = e2e.stage("no_new_data")
+    assert (second.result.server, second.result.server_pid) == ("reused", second.previous_server)
+    assert_same_tables(second.after, second.before)
 
 
 def assert_same_tables(after: dict, before: dict) -> None:
@@ -317,67 +378,38 @@ def assert_same_tables(after: dict, before: dict) -> None:
         assert after[key] == before[key], key
 
 
-@pytest.mark.spark
 def test_e2e_new_file_flows_through_alone(e2e):
-    before = lp.pipeline_summary(e2e["build"])
-    day = e2e["source"] / "ingestion_date=2026" / "11" / "27"
-    write_lines(
-        day / "salud-firehose-tos3-1-2026-11-27-09-00-00-cccc",
-        [
-            rec("evt-c1", Country="India", Country_Code="IND", Region="South Asia", Year="2016"),
-            rec(
-                "evt-c2", Country="India", Country_Code="IND", Region="South Asia", Year="2016", Gender="Male"
-            ),
-            rec("evt-a1"),  # a late redelivery of an event loaded in the first run
-            rec("evt-c3", Child_Labor_Rate_Percent="250"),
-        ],
-    )
-    started = time.time()
-    result = run(e2e, "third (one new file)")
-    assert (result.server, result.server_pid) == ("reused", e2e["server_pid"])
-    after = lp.pipeline_summary(e2e["build"])
+    third = e2e.stage("new_file")
+    before, after = third.before, third.after
+    assert (third.result.server, third.result.server_pid) == ("reused", third.previous_server)
     assert after["bronze_rows"] == before["bronze_rows"] + 4
     assert after["silver_rows"] == before["silver_rows"] + 2
     assert after["quarantine_rows"] == before["quarantine_rows"] + 1
     assert after["quarantine_by_rule"]["rate_in_range"] == 1
 
-    bronze = lp.read_table(e2e["build"], "bronze_events")
-    new = bronze[bronze["_ingested_at"] >= pd_timestamp(started - 5)]
+    bronze = third.tables["bronze_events"]
+    new = bronze[bronze["_ingested_at"] > third.ingested_before]
     assert len(new) == 4, "only the new file's lines are ingested again"
     assert new["_source_file"].str.endswith("cccc").all()
-    silver = lp.read_table(e2e["build"], "silver_events")
+    silver = third.tables["silver_events"]
     assert (silver["event_id"] == "evt-a1").sum() == 1
-    regions = lp.read_table(e2e["build"], "gold_rate_by_region_year")
+    regions = third.tables["gold_rate_by_region_year"]
     assert ("South Asia", 2016) in set(zip(regions["Region"], regions["Year"], strict=True))
 
 
-@pytest.mark.spark
 def test_e2e_killed_server_is_replaced_and_sees_the_tables(e2e):
-    before = lp.pipeline_summary(e2e["build"])
-    os.kill(e2e["server_pid"], signal.SIGKILL)  # no clean shutdown: Derby recovers its metastore
-    result = run(e2e, "fourth (server killed before)")
-    assert result.server == "started" and result.server_pid != e2e["server_pid"]
-    assert lp.server_pids(e2e["build"]) == [result.server_pid]
-    assert_same_tables(lp.pipeline_summary(e2e["build"]), before)
-    e2e["server_pid"] = result.server_pid
+    fourth = e2e.stage("server_killed")
+    assert fourth.result.server == "started" and fourth.result.server_pid != fourth.previous_server
+    assert fourth.servers == [fourth.result.server_pid]
+    assert_same_tables(fourth.after, fourth.before)
 
 
-@pytest.mark.spark
 def test_e2e_full_refresh_rebuilds_the_same_tables(e2e):
-    before = lp.pipeline_summary(e2e["build"])
-    started = time.time()
-    result = run(e2e, "fifth (full refresh)", full_refresh=True)
-    assert (result.server, result.server_pid) == ("reused", e2e["server_pid"])
-    assert_same_tables(lp.pipeline_summary(e2e["build"]), before)
-    bronze = lp.read_table(e2e["build"], "bronze_events")
-    assert (bronze["_ingested_at"] >= pd_timestamp(started - 5)).all(), "every file was read again"
-
-
-@pytest.mark.spark
-def pd_timestamp(epoch_seconds: float):
-    import pandas as pd
-
-    return pd.Timestamp(epoch_seconds, unit="s", tz="UTC")
+    fifth = e2e.stage("full_refresh")
+    assert (fifth.result.server, fifth.result.server_pid) == ("reused", fifth.previous_server)
+    assert_same_tables(fifth.after, fifth.before)
+    bronze = fifth.tables["bronze_events"]
+    assert (bronze["_ingested_at"] > fifth.ingested_before).all(), "every file was read again"
 
 
 def test_one_run_at_a_time_per_build_folder(tmp_path):
@@ -390,11 +422,11 @@ def test_one_run_at_a_time_per_build_folder(tmp_path):
         pass
 
 
-@pytest.mark.spark
-def test_run_pipeline_timeout_kills_the_run_and_says_so(tmp_path):
+def test_run_pipeline_timeout_kills_the_run_and_says_so(tmp_path, pipeline_builds):
     with pytest.raises(lp.PipelineError, match="timed out after 3 s"):
         lp.run_pipeline(
-            PIPELINE_DIR, source_path=tmp_path / "src", build_dir=tmp_path / "build", timeout=3, echo=None
+            PIPELINE_DIR, source_path=tmp_path / "src", build_dir=pipeline_builds(tmp_path / "build"), timeout=3,
+            echo=None,
         )
     assert lp.server_pids(tmp_path / "build") == []
 
@@ -409,11 +441,9 @@ def fake_servers():
         lakehouse = lp.lakehouse_dir(build_dir).resolve()
         lakehouse.mkdir(parents=True, exist_ok=True)
         args = [f"-D{lp.SERVER_MARKER}={lakehouse}", lp.SERVER_CLASS]
-        process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *args])
+        process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", *args])
         started.append(process)
-        deadline = time.monotonic() + 10
-        while process.pid not in lp.server_pids(build_dir) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: process.pid in lp.server_pids(build_dir), "the stand-in server to be found by its marker")
         return process
 
     yield start
@@ -447,7 +477,7 @@ def test_stop_pipeline_server_stops_only_that_build_folders_server(tmp_path, fak
     discovery = write_discovery(tmp_path / "a", mine.pid)
     assert lp.server_pids(tmp_path / "a") == [mine.pid]
     assert lp.stop_pipeline_server(tmp_path / "a") is True
-    assert mine.wait(timeout=5) == -signal.SIGTERM
+    assert mine.wait(timeout=DEADLINE) == -signal.SIGTERM
     assert not discovery.exists()
     assert other.poll() is None and lp.server_pids(tmp_path / "b") == [other.pid]
     assert lp.stop_pipeline_server(tmp_path / "a") is False
@@ -456,7 +486,7 @@ def test_stop_pipeline_server_stops_only_that_build_folders_server(tmp_path, fak
 def test_reset_pipeline_stops_the_server_before_deleting(tmp_path, fake_servers):
     server = fake_servers(tmp_path)
     lp.reset_pipeline(tmp_path)
-    assert server.wait(timeout=5) == -signal.SIGTERM
+    assert server.wait(timeout=DEADLINE) == -signal.SIGTERM
     assert not lp.lakehouse_dir(tmp_path).exists()
 
 
@@ -480,10 +510,24 @@ def test_in_process_runs_stop_the_server_first_reusing_runs_keep_it(tmp_path, fa
     assert seen[0] == {"alive": True, "env": lakehouse, "mark": f"running {os.getpid()}"}
     assert (lp.server_dir(build) / lp.RUN_MARK).read_text() == "idle"
     assert seen[1] == {"alive": False, "env": None, "mark": "idle"}
-    assert server.wait(timeout=5) == -signal.SIGTERM
+    assert server.wait(timeout=DEADLINE) == -signal.SIGTERM
 
 
-def test_watchdog_stops_an_idle_server_but_not_a_busy_one(tmp_path, fake_servers):
+@pytest.fixture
+def watchdog_looks(monkeypatch):
+    """How many times a watchdog has looked whether a run is going on."""
+    looks = []
+    busy = lp._busy
+
+    def counted(discovery):
+        looks.append(discovery)
+        return busy(discovery)
+
+    monkeypatch.setattr(lp, "_busy", counted)
+    return looks
+
+
+def test_watchdog_stops_an_idle_server_but_not_a_busy_one(tmp_path, fake_servers, watchdog_looks):
     server = fake_servers(tmp_path)
     discovery = write_discovery(tmp_path, server.pid)
     with lp._marked_run(tmp_path):  # a run is going on: the watchdog waits
@@ -491,26 +535,28 @@ def test_watchdog_stops_an_idle_server_but_not_a_busy_one(tmp_path, fake_servers
             target=lp._watch_server, args=(discovery.parent.parent, server.pid, 0.3, 0.05)
         )
         watchdog.start()
-        time.sleep(1.0)
+        wait_until(lambda: len(watchdog_looks) >= 5, "the watchdog to look five times")  # ~0.25 s, busy
         assert server.poll() is None
-    watchdog.join(timeout=10)  # idle for 0.3 s after the run: stopped, and forgotten
-    assert not watchdog.is_alive() and server.wait(timeout=5) == -signal.SIGTERM
+    watchdog.join(timeout=DEADLINE)  # idle for 0.3 s after the run: stopped, and forgotten
+    assert not watchdog.is_alive(), f"the watchdog did not stop the idle server within {DEADLINE:.0f} s"
+    assert server.wait(timeout=DEADLINE) == -signal.SIGTERM
     assert not discovery.exists()
 
 
-def test_watchdog_stops_a_server_whose_lakehouse_was_deleted(tmp_path, fake_servers):
+def test_watchdog_stops_a_server_whose_lakehouse_was_deleted(tmp_path, fake_servers, watchdog_looks):
     server = fake_servers(tmp_path)
     write_discovery(tmp_path, server.pid)
     lakehouse = lp.lakehouse_dir(tmp_path).resolve()
     watchdog = threading.Thread(target=lp._watch_server, args=(lakehouse, server.pid, 0, 0.05))
     watchdog.start()
-    time.sleep(0.3)
+    wait_until(lambda: len(watchdog_looks) >= 5, "the watchdog to look five times")
     assert server.poll() is None  # idle timeout 0: never stopped for idleness
     import shutil
 
     shutil.rmtree(lakehouse)  # e.g. `make clean` or a new demo run, without stopping the server
-    watchdog.join(timeout=10)
-    assert server.wait(timeout=5) == -signal.SIGTERM
+    watchdog.join(timeout=DEADLINE)
+    assert not watchdog.is_alive(), f"the watchdog did not stop the server within {DEADLINE:.0f} s"
+    assert server.wait(timeout=DEADLINE) == -signal.SIGTERM
     assert not lakehouse.exists(), "the watchdog must not recreate the folder"
 
 
@@ -522,7 +568,7 @@ def test_a_server_that_does_not_answer_is_detected(tmp_path):
         silent.listen()
         started = time.monotonic()
         assert lp._answers("127.0.0.1", silent.getsockname()[1], timeout=1.0) is False
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < DEADLINE, "it waited for ever instead of giving up after 1 s"
     server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(1))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

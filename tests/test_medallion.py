@@ -14,8 +14,6 @@ sys.path.insert(0, str(REPO / "databricks" / "pipeline"))
 
 import medallion  # noqa: E402
 
-pytestmark = pytest.mark.spark
-
 RULES = {
     "record_parsed",
     "event_id_present",
@@ -34,21 +32,8 @@ RULES = {
 
 
 @pytest.fixture(scope="module")
-def spark():
-    from pyspark.sql import SparkSession
-
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("test_medallion")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.default.parallelism", "2")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.ansi.enabled", "true")  # the default in Spark 4: bad casts would raise
-        .getOrCreate()
-    )
-    yield session
-    session.stop()
+def spark(spark_session):
+    return spark_session
 
 
 _ids = iter(range(1, 10**6))

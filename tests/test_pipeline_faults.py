@@ -19,11 +19,11 @@ import time
 import boto3
 import pytest
 from test_local_pipeline import PIPELINE_DIR, PREFIX, rec
+from waiting import DEADLINE
 
 from kinesis_lab import local_pipeline as lp
 from kinesis_lab import stack
 
-pytestmark = [pytest.mark.stack, pytest.mark.spark]
 REGION = "us-east-1"
 BUCKET = "pipeline-faults-bucket"
 DAY = "bronze/ingestion_date=2026/11/26/"
@@ -53,9 +53,9 @@ def mirrored_files(mirror: lp.MirrorResult) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def lab(tmp_path_factory, private_stacks, pipeline_builds):
     base = tmp_path_factory.mktemp("pipeline-faults")
-    lab = {"state_dir": base / "state", "build": base / "build", "facts": {}}
+    lab = {"state_dir": private_stacks(base / "state"), "build": pipeline_builds(base / "build"), "facts": {}}
     yield lab
     lp.stop_pipeline_server(lab["build"])
     stack.down(lab["state_dir"])
@@ -66,41 +66,58 @@ def run(lab, echo=None) -> lp.PipelineRun:
     return lp.run_pipeline(PIPELINE_DIR, source_path=lab["mirror"].source_dir, build_dir=lab["build"], echo=echo)
 
 
-def test_the_mirror_and_the_tables_follow_a_new_local_stack(lab):
+@pytest.fixture(scope="module")
+def followed(lab):
+    """A pipeline run on a first stack's bucket; then `down` + `up` (a new, empty moto), the bucket made
+    again with other records, mirrored, and the pipeline run again. Returns what each step saw."""
+    facts: dict = {}
     first, _ = stack.up(lab["state_dir"], REGION)
-    old_ids = fill_bucket(first, "old", objects=3, per_object=2)
+    facts["old_ids"] = fill_bucket(first, "old", objects=3, per_object=2)
     target = lp.external_location_dir(lab["build"])
     lab["mirror"] = lp.mirror_s3_prefix(s3_of(first), BUCKET, PREFIX, target, echo=None)
-    assert lab["mirror"].new_objects == 3
+    facts["first_mirror"] = lab["mirror"]
     run(lab)
-    assert lp.table_rows(lab["build"], lp.BRONZE_TABLE) == len(old_ids) == 6
+    facts["first_bronze_rows"] = lp.table_rows(lab["build"], lp.BRONZE_TABLE)
 
     stack.down(lab["state_dir"])  # moto's state is gone; the build folder stays
     second, started = stack.up(lab["state_dir"], REGION)
-    assert "moto" in started and second.stack_id != first.stack_id and second.lost is None
-    new_ids = fill_bucket(second, "new", objects=2, per_object=2)
+    facts["stacks"] = (first, second, started)
+    facts["new_ids"] = fill_bucket(second, "new", objects=2, per_object=2)
     said: list[str] = []
     mirror = lp.mirror_s3_prefix(s3_of(second), BUCKET, PREFIX, target, echo=said.append)
-    assert (mirror.emptied, mirror.new_objects, mirror.total_objects) == (3, 2, 2)
-    assert said == ["the mirror held 3 objects of an earlier bucket or local stack: deleted them first"]
-    assert mirrored_files(mirror) == ["stream-1-new-0", "stream-1-new-1"]
-    again = lp.mirror_s3_prefix(s3_of(second), BUCKET, PREFIX, target, echo=None)
-    assert (again.emptied, again.new_objects, again.total_objects) == (0, 0, 2)  # still incremental
+    facts["mirror"], facts["said"], facts["mirrored_files"] = mirror, said, mirrored_files(mirror)
+    facts["again"] = lp.mirror_s3_prefix(s3_of(second), BUCKET, PREFIX, target, echo=None)
     lab["mirror"] = mirror
 
     echoed: list[str] = []
-    result = run(lab, echo=echoed.append)
-    assert result.full_refresh and any("full refresh of every table" in line for line in echoed)
+    facts["result"], facts["echoed"] = run(lab, echo=echoed.append), echoed
+    facts["bronze_ids"] = list(lp.read_table(lab["build"], lp.BRONZE_TABLE, ["event_id"])["event_id"])
+    facts["silver_ids"] = set(lp.read_table(lab["build"], lp.SILVER_TABLE, ["event_id"])["event_id"])
+    return facts
+
+
+def test_the_mirror_and_the_tables_follow_a_new_local_stack(followed):
+    f = followed
+    assert f["first_mirror"].new_objects == 3
+    assert f["first_bronze_rows"] == len(f["old_ids"]) == 6
+    first, second, started = f["stacks"]
+    assert "moto" in started and second.stack_id != first.stack_id and second.lost is None
+    mirror = f["mirror"]
+    assert (mirror.emptied, mirror.new_objects, mirror.total_objects) == (3, 2, 2)
+    assert f["said"] == ["the mirror held 3 objects of an earlier bucket or local stack: deleted them first"]
+    assert f["mirrored_files"] == ["stream-1-new-0", "stream-1-new-1"]
+    again = f["again"]
+    assert (again.emptied, again.new_objects, again.total_objects) == (0, 0, 2)  # still incremental
+
+    result = f["result"]
+    assert result.full_refresh and any("full refresh of every table" in line for line in f["echoed"])
     assert set(result.flows.values()) == {"COMPLETED"}
-    bronze = lp.read_table(lab["build"], lp.BRONZE_TABLE, ["event_id"])["event_id"]
-    assert sorted(bronze) == sorted(new_ids)  # 4 rows, what S3 holds: none of the old stack's
-    assert set(lp.read_table(lab["build"], lp.SILVER_TABLE, ["event_id"])["event_id"]) == new_ids
-    lab["server_pid"] = result.server_pid
+    assert sorted(f["bronze_ids"]) == sorted(f["new_ids"])  # 4 rows, what S3 holds: none of the old stack's
+    assert f["silver_ids"] == f["new_ids"]
 
 
-def test_a_spark_server_killed_mid_run_fails_the_run_fast_and_the_next_run_recovers(lab):
-    if "mirror" not in lab:
-        pytest.skip("needs the build folder of the previous test")
+def test_a_spark_server_killed_mid_run_fails_the_run_fast_and_the_next_run_recovers(lab, followed):
+    server_pid = followed["result"].server_pid  # the build folder's server, reused by the next run
     killed: dict = {}
 
     def echo(line: str) -> None:  # runs while the run goes on: kill the server as bronze starts
@@ -113,12 +130,12 @@ def test_a_spark_server_killed_mid_run_fails_the_run_fast_and_the_next_run_recov
         run(lab, echo=echo)
     took = time.monotonic() - killed["at"]
     print(f"run stopped {took:.1f} s after the Spark server was killed")
-    assert killed["pid"] == lab["server_pid"]  # the reused server
+    assert killed["pid"] == server_pid  # the reused server
     first_line = str(err.value).splitlines()[0]
     logs = lp.server_dir(lab["build"]) / "logs"
     assert first_line.startswith(f"the Spark server died (see its log {logs}")
     assert first_line.endswith("): run the cell again")
-    assert took < 30
+    assert took < DEADLINE, f"the run noticed only after {took:.0f} s (its timeout is {lp.DEFAULT_TIMEOUT} s)"
     assert lp.server_pids(lab["build"]) == []
 
     result = run(lab)  # "run the cell again"
@@ -140,7 +157,7 @@ def test_the_runner_watches_the_server_it_announced(tmp_path):
         began = time.monotonic()
         with pytest.raises(lp._ServerDied):
             lp._wait_watching_server(hung_run, 600, [("reused", server.pid)], lakehouse)
-        assert time.monotonic() - began < 30 and hung_run.poll() is None
+        assert time.monotonic() - began < DEADLINE and hung_run.poll() is None  # noticed, not the 600 s timeout
     finally:
         for process in (server, hung_run):
             process.kill()

@@ -16,13 +16,12 @@ from kinesis_lab import stack
 from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH
 from kinesis_lab.producer import SendInterrupted, produce_file
 
-pytestmark = pytest.mark.stack
 CLI = [sys.executable, "-m", "kinesis_lab.cli"]
 
 
 @pytest.fixture(scope="module")
-def lab_env(tmp_path_factory):
-    state_dir = tmp_path_factory.mktemp("produce-cli") / "state"
+def lab_env(tmp_path_factory, private_stacks):
+    state_dir = private_stacks(tmp_path_factory.mktemp("produce-cli") / "state")
     stack.up(state_dir, "us-east-1")
     env = {**os.environ, "LAB_STATE_DIR": str(state_dir), "LAB_TARGET": "local"}
     env.pop("AWS_ENDPOINT_URL", None)

@@ -15,7 +15,6 @@ from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH
 from kinesis_lab.producer import DeliveryError, SendInterrupted, produce_file
 from kinesis_lab.throttling import simulate_throttling
 
-pytestmark = pytest.mark.stack
 STREAM = "producer-test"
 SAMPLE_ROWS = 540
 

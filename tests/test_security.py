@@ -63,7 +63,6 @@ def error_code(call) -> str:
 DENIED = {"AccessDenied", "403", "AccessDeniedException"}
 
 
-@pytest.mark.stack
 def test_firehose_role_writes_its_bucket_and_nothing_else(aws_clients, clean_stack):
     """The Firehose role with the lab's rendered policies, assumed through STS with moto checking IAM.
 
@@ -180,7 +179,6 @@ def test_firehose_role_writes_its_bucket_and_nothing_else(aws_clients, clean_sta
     assert s3.list_objects_v2(Bucket=OTHER_BUCKET)["KeyCount"] == 1  # untouched
 
 
-@pytest.mark.stack
 def test_teardown_that_cannot_read_a_buckets_tags_deletes_nothing(aws_clients, clean_stack):
     """A bucket of the lab's name whose tags teardown may not read (on AWS: the name is taken by another
     account) is not emptied: the error stops teardown before any delete."""

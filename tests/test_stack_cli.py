@@ -6,11 +6,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
 import pytest
+from waiting import wait_until
 
 from kinesis_lab import stack
 
@@ -23,9 +23,8 @@ def run_cli(*args, env_extra=None, check=False):
 
 
 @pytest.fixture
-def state_dir(tmp_path):
-    yield tmp_path / "state"
-    stack.down(tmp_path / "state")
+def state_dir(private_stack_dir):
+    return private_stack_dir
 
 
 def test_up_status_down_leaves_no_process(state_dir):
@@ -53,8 +52,8 @@ def test_up_status_down_leaves_no_process(state_dir):
 
     down = run_cli("down", env_extra=env)
     assert down.returncode == 0 and "local stack stopped" in down.stdout
-    time.sleep(0.2)
-    assert not stack.pid_alive(state.moto_pid) and not stack.pid_alive(state.firehose_pid)
+    wait_until(lambda: not stack.pid_alive(state.moto_pid) and not stack.pid_alive(state.firehose_pid),
+               "moto and the Firehose worker to exit after `down`")
     assert not (state_dir / "local.env").exists()
     assert "was not running" in run_cli("down", env_extra=env).stdout
 
@@ -124,9 +123,7 @@ def test_down_stops_only_recorded_pids(state_dir):
 def test_half_dead_stack_restarts_only_the_dead_worker(state_dir):
     state, _ = stack.up(state_dir, "us-east-1")
     os.kill(state.firehose_pid, signal.SIGKILL)
-    deadline = time.time() + 10
-    while stack.pid_alive(state.firehose_pid) and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not stack.pid_alive(state.firehose_pid), "the Firehose worker to die after SIGKILL")
     assert stack.status(state_dir)["up"] is False
     new_state, started = stack.up(state_dir, "us-east-1")
     assert started == ("firehose",) and new_state.firehose_pid != state.firehose_pid

@@ -27,6 +27,7 @@ import boto3
 import pytest
 from test_local_firehose_stack import make_delivery_stream, make_source, read_objects
 from test_stack_cli import run_cli
+from waiting import DEADLINE, wait_until
 
 from kinesis_lab import aws, procs, stack
 from kinesis_lab import local_pipeline as lp
@@ -34,27 +35,13 @@ from kinesis_lab.config import load_config
 from kinesis_lab.moto_server import HEALTH_PATH
 from kinesis_lab.summary import update_summary
 
-pytestmark = pytest.mark.stack
 REGION = "us-east-1"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def wait_until(condition, timeout: float, what: str):
-    """Poll ``condition`` until it returns something truthy; fail saying what was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result or time.monotonic() > deadline:
-            assert result, f"timed out after {timeout:.0f} s waiting for {what}"
-            return result
-        time.sleep(0.1)
-
-
 @pytest.fixture
-def state_dir(tmp_path):
-    path = tmp_path / "state"
-    yield path
-    stack.down(path)
+def state_dir(private_stack_dir):
+    return private_stack_dir
 
 
 @pytest.fixture
@@ -92,7 +79,7 @@ def lab_pids(state_dir: Path) -> dict[str, list[int]]:
 
 def kill_and_wait(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not procs.alive(pid), 10, f"pid {pid} to die after SIGKILL")
+    wait_until(lambda: not procs.alive(pid), f"pid {pid} to die after SIGKILL")
 
 
 # --- 1. pids recorded in the state file that belong to other programs ------------------------------
@@ -105,7 +92,7 @@ def test_pids_of_other_programs_are_never_signalled(state_dir, own_processes):
         [sys.executable, "-c", "import time; time.sleep(600)", stack.FIREHOSE_MODULE,
          f"--state-dir={state_dir.parent / 'other-state' / 'firehose'}"]
     )  # fmt: skip
-    wait_until(lambda: procs.command_line(lookalike.pid), 10, "the look-alike to start")  # empty while it execs
+    wait_until(lambda: procs.command_line(lookalike.pid), "the look-alike to start")  # empty while it execs
     stale = {
         "port": stack.free_port(), "moto_pid": sleeper.pid, "firehose_pid": lookalike.pid, "region": REGION,
         "stack_id": "before-the-reboot",
@@ -155,7 +142,7 @@ def test_a_recorded_start_time_that_differs_is_not_the_same_process(tmp_path, ow
     signature = procs.Signature.of("kinesis_lab.moto_server", "--state-dir", tmp_path)
     proc = own_processes([sys.executable, "-c", "import time; time.sleep(600)", "kinesis_lab.moto_server",
                           "--state-dir", str(tmp_path)])  # fmt: skip
-    wait_until(lambda: procs.command_line(proc.pid), 10, "the process to start")  # empty while it execs
+    wait_until(lambda: procs.command_line(proc.pid), "the process to start")  # empty while it execs
     started = procs.start_time(proc.pid)
     assert procs.is_ours(proc.pid, signature, started)
     assert not procs.is_ours(proc.pid, signature, str(int(started) - 1))  # same pid, another process
@@ -165,7 +152,7 @@ def test_a_recorded_start_time_that_differs_is_not_the_same_process(tmp_path, ow
     assert proc.poll() is None
     assert procs.find(signature) == [proc.pid]
     assert procs.stop([(proc.pid, signature, started)]) == [proc.pid]
-    assert proc.wait(timeout=10) == -signal.SIGTERM
+    assert proc.wait(timeout=DEADLINE) == -signal.SIGTERM
 
 
 def test_without_proc_the_ps_fallback_checks_the_same_way(tmp_path, own_processes, monkeypatch):
@@ -176,7 +163,7 @@ def test_without_proc_the_ps_fallback_checks_the_same_way(tmp_path, own_processe
                           f"--state-dir={folder}"])  # fmt: skip
     near_miss = own_processes([sys.executable, "-c", "import time; time.sleep(600)", "kinesis_lab.moto_server",
                                f"--state-dir={folder}-2"])  # fmt: skip
-    wait_until(lambda: procs.find(signature) == [mine.pid], 10, "the process to be found through /proc")
+    wait_until(lambda: procs.find(signature) == [mine.pid], "the process to be found through /proc")
     monkeypatch.setattr(procs, "_has_proc", lambda: False)
     assert procs.command_line(mine.pid).endswith(f"kinesis_lab.moto_server --state-dir={folder}")
     started = procs.start_time(mine.pid)
@@ -185,7 +172,7 @@ def test_without_proc_the_ps_fallback_checks_the_same_way(tmp_path, own_processe
     assert procs.is_ours(mine.pid, signature, started) and not procs.is_ours(near_miss.pid, signature)
     assert procs.stop([(near_miss.pid, signature, None)]) == []
     assert procs.stop([(mine.pid, signature, started)]) == [mine.pid]
-    assert mine.wait(timeout=10) == -signal.SIGTERM and near_miss.poll() is None
+    assert mine.wait(timeout=DEADLINE) == -signal.SIGTERM and near_miss.poll() is None
 
 
 def test_down_stops_the_labs_processes_when_the_state_file_is_gone(state_dir):
@@ -219,7 +206,7 @@ def test_worker_killed_mid_delivery_then_up_keeps_moto_and_delivers_every_record
 
     producer = threading.Thread(target=produce)
     producer.start()
-    wait_until(lambda: read_objects(clients, bucket), 60, "a first object delivered")
+    wait_until(lambda: read_objects(clients, bucket), "a first object delivered")
     kill_and_wait(state.firehose_pid)  # while records keep arriving
     killed.set()
     producer.join(timeout=120)
@@ -236,7 +223,7 @@ def test_worker_killed_mid_delivery_then_up_keeps_moto_and_delivers_every_record
     def delivered() -> list[bytes]:
         return [line + b"\n" for body in read_objects(clients, bucket).values() for line in body.splitlines()]
 
-    wait_until(lambda: set(sent) <= set(delivered()), 60, "every record to land after the restart")
+    wait_until(lambda: set(sent) <= set(delivered()), "every record to land after the restart")
     lines = delivered()
     print(f"records delivered twice after the SIGKILL (at-least-once): {len(lines) - len(set(lines))}")
     assert set(lines) == set(sent)  # nothing lost, nothing foreign
@@ -253,7 +240,7 @@ def test_a_worker_started_by_hand_is_adopted_and_stopped_by_down(state_dir, own_
             [sys.executable, "-m", "kinesis_lab.local_firehose", "--state-dir", "firehose"],
             cwd=state_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
-    wait_until(lambda: "local Firehose service started" in log.read_text(), 60, "the hand-started worker to run")
+    wait_until(lambda: "local Firehose service started" in log.read_text(), "the hand-started worker to run")
     assert lab_pids(state_dir)["firehose"] == [by_hand.pid]
     assert f"the lab's firehose runs as pid {by_hand.pid}" in stack.status(state_dir)["firehose"]["note"]
 
@@ -268,7 +255,7 @@ def test_a_worker_started_by_hand_is_adopted_and_stopped_by_down(state_dir, own_
     assert started == () and adopted.firehose_pid == by_hand.pid and adopted.moto_pid == state.moto_pid
     assert stack.status(state_dir)["up"]
     assert by_hand.pid in stack.down(state_dir)
-    assert by_hand.wait(timeout=10) == 0  # SIGTERM: delivered what it had, exited
+    assert by_hand.wait(timeout=DEADLINE) == 0  # SIGTERM: delivered what it had, exited
     assert lab_pids(state_dir) == {"moto": [], "firehose": []}
 
 

@@ -62,7 +62,6 @@ def test_hash_key_is_the_md5_of_the_partition_key_as_a_128_bit_integer():
     assert capacity.records_limit == 4000
 
 
-@pytest.mark.stack
 def test_shards_are_chosen_as_the_stream_does(aws_clients):
     kinesis = aws_clients("kinesis")
     kinesis.create_stream(StreamName="hash-check", StreamModeDetails={"StreamMode": "ON_DEMAND"})
@@ -157,7 +156,6 @@ def read_back(kinesis, stream: str) -> list[dict]:
     return out
 
 
-@pytest.mark.stack
 def test_hooks_fail_the_over_capacity_entries_in_place_and_do_not_write_them(aws_clients):
     kinesis = aws_clients("kinesis")
     kinesis.create_stream(StreamName="capacity", StreamModeDetails={"StreamMode": "ON_DEMAND"})
@@ -196,7 +194,6 @@ def test_hooks_fail_the_over_capacity_entries_in_place_and_do_not_write_them(aws
     assert kinesis.put_records(StreamName="capacity", Records=entries(keys))["FailedRecordCount"] == 0
 
 
-@pytest.mark.stack
 def test_the_producer_under_capacity_delivers_every_record_once_in_line_order(aws_clients, tmp_path):
     kinesis = aws_clients("kinesis")
     kinesis.create_stream(StreamName="paced", StreamModeDetails={"StreamMode": "ON_DEMAND"})

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -65,7 +64,6 @@ def denied(call) -> bool:
     return False
 
 
-@pytest.mark.stack
 def test_uc_role_on_the_stack_with_iam_enforced(clean_stack):
     iam = boto3.client("iam", region_name=REGION)
     account = boto3.client("sts", region_name=REGION).get_caller_identity()["Account"]
@@ -202,7 +200,6 @@ def test_uc_role_on_the_stack_with_iam_enforced(clean_stack):
     assert boto3.client("s3", region_name=REGION).list_buckets()["Buckets"]
 
 
-@pytest.mark.stack
 def test_a_read_write_policy_left_by_an_older_lab_is_narrowed(aws_clients):
     iam = aws_clients("iam")
     account = aws_clients("sts").get_caller_identity()["Account"]
@@ -220,7 +217,6 @@ def test_a_read_write_policy_left_by_an_older_lab_is_narrowed(aws_clients):
         policies.uc_policies(**args, uc_master_role_arn=policies.UC_MASTER_ROLE_ARN)["permissions"])
 
 
-@pytest.mark.stack
 def test_a_role_of_that_name_that_is_not_the_labs_is_never_changed(aws_clients):
     iam = aws_clients("iam")
     account = aws_clients("sts").get_caller_identity()["Account"]
@@ -240,7 +236,6 @@ def test_a_role_of_that_name_that_is_not_the_labs_is_never_changed(aws_clients):
     assert iam.list_role_policies(RoleName=ROLE_NAME)["PolicyNames"] == []
 
 
-@pytest.mark.stack
 def test_the_labs_role_with_a_policy_the_lab_did_not_put_is_refused(aws_clients):
     iam = aws_clients("iam")
     account = aws_clients("sts").get_caller_identity()["Account"]
@@ -265,7 +260,6 @@ def test_the_role_arns_follow_the_partition():
     assert "arn:aws:" not in resources and f"arn:aws-us-gov:s3:::{LAB_BUCKET}/*" in resources
 
 
-@pytest.mark.stack
 def test_enforcement_switch_really_refuses_unknown_keys(clean_stack):
     with iam_enforced(clean_stack.endpoint):
         assert (
@@ -323,21 +317,33 @@ def no_databricks_env(monkeypatch, tmp_path):
     return tmp_path / "databrickscfg"
 
 
-def test_no_workspace_configured_is_false_at_once(no_databricks_env):
-    start = time.monotonic()
+@pytest.fixture
+def offline(monkeypatch):
+    """Any network connection or Databricks SDK login attempt fails the test: what "at once, without
+    network or prompts" means (how fast is not asserted: a loaded machine is slow at everything)."""
+    import socket
+
+    import databricks.sdk.core
+
+    def refused(*args, **kwargs):
+        raise AssertionError("tried to reach the network or to log in")
+
+    monkeypatch.setattr(socket.socket, "connect", refused)
+    monkeypatch.setattr(socket, "create_connection", refused)
+    monkeypatch.setattr(databricks.sdk.core, "Config", refused)
+
+
+def test_no_workspace_configured_is_false_at_once(no_databricks_env, offline):
     assert uc.databricks_workspace_configured() is False
-    assert time.monotonic() - start < 1.0
 
 
-def test_profile_without_host_or_with_browser_login_is_false(no_databricks_env):
+def test_profile_without_host_or_with_browser_login_is_false(no_databricks_env, offline):
     no_databricks_env.write_text(
         "[DEFAULT]\ntoken = dapi123\n\n[browser]\nhost = https://example.invalid\n"
         "auth_type = external-browser\n"
     )
     assert uc.databricks_workspace_configured() is False
-    start = time.monotonic()
     assert uc.databricks_workspace_configured(profile="browser") is False  # would open a browser: refused
-    assert time.monotonic() - start < 1.0
 
 
 def test_workspace_with_host_and_token_is_true(no_databricks_env, monkeypatch):
