@@ -126,7 +126,7 @@ def read_stream(kinesis, name: str) -> list[bytes]:
 
 def dataset(rows: int) -> Path:
     """A synthetic CSV of ``rows`` rows under build/bench (made once per size)."""
-    from kinesis_lab.dataset import generate_synthetic_sample
+    from kinesis_lab.cloud.dataset import generate_synthetic_sample
 
     path = BENCH / f"rows_{rows}.csv"
     if not path.is_file():
@@ -197,7 +197,7 @@ def row_key(body: dict) -> tuple:
 
 
 def bench_producer_vs_original(ctx: dict) -> dict:
-    from kinesis_lab.producer import produce_file
+    from kinesis_lab.cloud.producer import produce_file
 
     rows = 5_000 if ctx["quick"] else 50_000
     path = dataset(rows)
@@ -245,8 +245,8 @@ def previous_produce(path: Path, stream_name: str, kinesis, max_retry_seconds: f
     """The producer's previous sending loop, for comparison: batches of 500 one after the other, each
     batch's failed entries resent after exponential backoff with full jitter (base 0.05 s, cap 2 s)
     per attempt, the next batch only once the batch is all delivered."""
-    from kinesis_lab.batching import iter_batches
-    from kinesis_lab.records import iter_records
+    from kinesis_lab.cloud.batching import iter_batches
+    from kinesis_lab.cloud.records import iter_records
 
     rng = random.Random(1)
     sent = failed_entries = calls = 0
@@ -272,9 +272,9 @@ def previous_produce(path: Path, stream_name: str, kinesis, max_retry_seconds: f
 
 
 def bench_at_the_limit(ctx: dict) -> dict:
-    from kinesis_lab.producer import produce_file
-    from kinesis_lab.records import iter_records
-    from kinesis_lab.throttling import ShardCapacity, ThrottlingSimulator
+    from kinesis_lab.cloud.producer import produce_file
+    from kinesis_lab.cloud.records import iter_records
+    from kinesis_lab.local.throttling import ShardCapacity, ThrottlingSimulator
 
     rows = 5_000 if ctx["quick"] else 50_000
     side_rows = 2_000 if ctx["quick"] else 10_000
@@ -348,7 +348,7 @@ def memory_child(csv_path: str, stream: str) -> None:
     """Child process: produce one file, print the peak RSS as JSON (own process only)."""
     import boto3
 
-    from kinesis_lab.producer import produce_file
+    from kinesis_lab.cloud.producer import produce_file
 
     def vm(field: str) -> int:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -466,7 +466,7 @@ def bench_demo(ctx: dict) -> dict:
         + (f"; missing: {', '.join(missing)}" if missing else "") + f"; {load()}")
     log = BENCH / "demo.log"
     exe = Path(sys.executable).parent / "kinesis-lab"
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "kinesis_lab.cli"]
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "kinesis_lab.course.cli"]
     started = time.perf_counter()
     with log.open("w") as out:
         done = subprocess.run([*command, "demo"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, timeout=1800,
@@ -494,7 +494,7 @@ def bench_demo(ctx: dict) -> dict:
 
 # --- 5. local Firehose latency -------------------------------------------------------------------------
 def bench_firehose_latency(ctx: dict) -> dict:
-    from kinesis_lab.firehose_config import build_delivery_stream_request, create_delivery_stream
+    from kinesis_lab.cloud.firehose_config import build_delivery_stream_request, create_delivery_stream
 
     session = ctx["session"]
     kinesis, s3, iam, firehose = (session.client(n) for n in ("kinesis", "s3", "iam", "firehose"))
@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import boto3
 
-    from kinesis_lab import stack
+    from kinesis_lab.local import stack
 
     chosen = args.only or [n for n in BENCHMARKS if not (args.quick and n == 4)]
     BENCH.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 # runnable from a fresh clone too, before `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from kinesis_lab.dataset import SAMPLE_PATH, generate_synthetic_sample  # noqa: E402
+from kinesis_lab.cloud.dataset import SAMPLE_PATH, generate_synthetic_sample  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

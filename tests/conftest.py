@@ -19,7 +19,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from kinesis_lab import local_pipeline, stack
+from kinesis_lab.local import pipeline as local_pipeline
+from kinesis_lab.local import stack
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from kinesis_lab import local_pipeline as lp
-from kinesis_lab.dataset import COLUMNS, check_columns
-from kinesis_lab.ledger import BLANK, CONTINUED, build_ledger
-from kinesis_lab.producer import produce_file
-from kinesis_lab.records import MAX_RECORD_BYTES, HeaderError, RecordReader, iter_records
+from kinesis_lab.cloud.dataset import COLUMNS, check_columns
+from kinesis_lab.cloud.ledger import BLANK, CONTINUED, build_ledger
+from kinesis_lab.cloud.producer import produce_file
+from kinesis_lab.cloud.records import MAX_RECORD_BYTES, HeaderError, RecordReader, iter_records
+from kinesis_lab.local import pipeline as lp
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_DIR = REPO / "databricks" / "pipeline"
@@ -348,7 +348,7 @@ def test_header_variants_give_the_same_row(pipeline_run):
 MEASURE = r"""
 import re, sys, time
 from pathlib import Path
-from kinesis_lab.records import iter_records
+from kinesis_lab.cloud.records import iter_records
 started = time.monotonic()
 records = data = oversize = 0
 for record in iter_records(sys.argv[1]):

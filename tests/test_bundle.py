@@ -17,8 +17,8 @@ import yaml
 from databricks.bundles.jobs import Job
 from databricks.bundles.pipelines import Pipeline
 
-from kinesis_lab import uc
-from kinesis_lab.config import LAYER_SCHEMAS, LabConfig, schema_of
+from kinesis_lab.cloud import uc
+from kinesis_lab.cloud.config import LAYER_SCHEMAS, LabConfig, schema_of
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_ROOT = REPO / "databricks"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from kinesis_lab.config import ConfigError, load_config
+from kinesis_lab.cloud.config import ConfigError, load_config
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +90,7 @@ def test_aws_endpoint_setting(monkeypatch):
 def test_child_environment_passes_the_configuration_and_puts_the_environment_back(monkeypatch, tmp_path):
     import os
 
-    from kinesis_lab.config import child_environment
+    from kinesis_lab.cloud.config import child_environment
 
     monkeypatch.setenv("LAB_STREAM_NAME", "outer")
     monkeypatch.delenv("LAB_STATE_DIR", raising=False)
@@ -103,7 +103,7 @@ def test_child_environment_passes_the_configuration_and_puts_the_environment_bac
 
 
 def test_the_repository_is_found_one_way(monkeypatch, tmp_path):
-    from kinesis_lab.config import find_home
+    from kinesis_lab.cloud.config import find_home
 
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.delenv("LAB_HOME", raising=False)

@@ -21,10 +21,10 @@ import papermill
 import pytest
 from databricks_standins import EXTERNAL_ID, SETTINGS_VAR, UnityCatalogAPI, write_ipython_startup
 
-from kinesis_lab import local_pipeline as lp
-from kinesis_lab import uc
-from kinesis_lab.dataset import SAMPLE_PATH
-from kinesis_lab.records import iter_records
+from kinesis_lab.cloud import uc
+from kinesis_lab.cloud.dataset import SAMPLE_PATH
+from kinesis_lab.cloud.records import iter_records
+from kinesis_lab.local import pipeline as lp
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.spark]
 
@@ -132,7 +132,7 @@ def test_notebooks_06_to_09_run_inside_databricks(databricks_notebook, workspace
     ]
     role_name = ROLE_ARN.rsplit("/", 1)[1]
     every_output = "".join(text_of(c) for c in nb.cells)
-    assert (f"python -m kinesis_lab.policies uc trust --external-id {EXTERNAL_ID} > build/uc-trust.json\n"
+    assert (f"python -m kinesis_lab.cloud.policies uc trust --external-id {EXTERNAL_ID} > build/uc-trust.json\n"
             f"  aws iam update-assume-role-policy --role-name {role_name} "
             "--policy-document file://build/uc-trust.json") in every_output
     assert every_output.count("skipped inside Databricks: the AWS half runs on your machine") == 3

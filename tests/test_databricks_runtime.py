@@ -1,4 +1,4 @@
-"""kinesis_lab.databricks_runtime without Spark: detection, widgets, where the tables and the landing are."""
+"""kinesis_lab.course.databricks_runtime without Spark: detection, widgets, where the tables and the landing are."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kinesis_lab import databricks_runtime as dbr
-from kinesis_lab.config import LabConfig, qualified_name, schema_of
+from kinesis_lab.cloud.config import LabConfig, qualified_name, schema_of
+from kinesis_lab.course import databricks_runtime as dbr
 
 
 class Widgets:
@@ -120,5 +120,5 @@ def test_the_setup_cell_finds_the_package_in_an_imported_repository(number, tmp_
                           cwd=notebook.parent, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     package, in_databricks, catalog, home = done.stdout.split()
-    assert Path(package) == imported / "src" / "kinesis_lab" / "databricks_runtime.py"
+    assert Path(package) == imported / "src" / "kinesis_lab" / "course" / "databricks_runtime.py"
     assert (in_databricks, catalog, Path(home)) == ("True", "kinesis_lab", imported)

@@ -9,8 +9,8 @@ import types
 
 import pytest
 
-from kinesis_lab import dataset
-from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH, DatasetError, check_columns, load_dataset, preview
+from kinesis_lab.cloud import dataset
+from kinesis_lab.cloud.dataset import COLUMNS, SAMPLE_PATH, DatasetError, check_columns, load_dataset, preview
 
 HEADER = ",".join(COLUMNS)
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kinesis_lab import dataset, demo
-from kinesis_lab.local_pipeline import read_table, server_pids
-from kinesis_lab.summary import read_summary, summary_path
+from kinesis_lab.cloud import dataset
+from kinesis_lab.cloud.summary import read_summary, summary_path
+from kinesis_lab.course import demo
+from kinesis_lab.local.pipeline import read_table, server_pids
 
 GOLD_TABLES = {
     "gold_rate_by_region_year",

@@ -26,15 +26,15 @@ from botocore.config import Config
 from botocore.exceptions import ReadTimeoutError
 from waiting import DEADLINE
 
-from kinesis_lab import local_pipeline as lp
-from kinesis_lab import stack
-from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH, generate_synthetic_sample
-from kinesis_lab.firehose_config import build_delivery_stream_request, create_delivery_stream
-from kinesis_lab.landing import read_landing, wait_for_landing
-from kinesis_lab.ledger import build_ledger
-from kinesis_lab.producer import produce_file
-from kinesis_lab.records import iter_records
-from kinesis_lab.throttling import simulate_throttling
+from kinesis_lab.cloud.dataset import COLUMNS, SAMPLE_PATH, generate_synthetic_sample
+from kinesis_lab.cloud.firehose_config import build_delivery_stream_request, create_delivery_stream
+from kinesis_lab.cloud.landing import read_landing, wait_for_landing
+from kinesis_lab.cloud.ledger import build_ledger
+from kinesis_lab.cloud.producer import produce_file
+from kinesis_lab.cloud.records import iter_records
+from kinesis_lab.local import pipeline as lp
+from kinesis_lab.local import stack
+from kinesis_lab.local.throttling import simulate_throttling
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_DIR = REPO / "databricks" / "pipeline"
@@ -278,7 +278,7 @@ def firehose_killed(lab: Lab) -> None:
                 [
                     sys.executable,
                     "-m",
-                    "kinesis_lab.local_firehose",
+                    "kinesis_lab.local.firehose",
                     "--state-dir",
                     str(lab.state_dir / "firehose"),
                 ],

@@ -1,4 +1,4 @@
-"""The notebooks' charts (kinesis_lab.figures): empty frames, one row, one category, readable ticks."""
+"""The notebooks' charts (kinesis_lab.course.figures): empty frames, one row, one category, readable ticks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from kinesis_lab import figures  # noqa: E402
+from kinesis_lab.course import figures  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

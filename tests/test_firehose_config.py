@@ -8,8 +8,8 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 
-from kinesis_lab.config import load_config
-from kinesis_lab.firehose_config import (
+from kinesis_lab.cloud.config import load_config
+from kinesis_lab.cloud.firehose_config import (
     ROLE_NOT_READY,
     ROLE_PROPAGATION_TIMEOUT,
     DeliveryConfigError,
@@ -120,8 +120,8 @@ def test_original_course_has_one_problem_and_one_warning():
 
 
 def test_the_warning_matches_the_key_firehose_writes():
-    from kinesis_lab import prefixes as expressions
-    from kinesis_lab.firehose_config import EXAMPLE_TIME
+    from kinesis_lab.cloud import prefixes as expressions
+    from kinesis_lab.cloud.firehose_config import EXAMPLE_TIME
 
     key = expressions.object_key(ORIGINAL_COURSE["prefix"], stream_name="salud-firehose-tos3", version=1,
                                  when=EXAMPLE_TIME)

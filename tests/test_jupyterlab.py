@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from kinesis_lab import cli, stack
+from kinesis_lab.course import cli
+from kinesis_lab.local import stack
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -121,7 +122,7 @@ def jupyterlab(tmp_path):
     log = tmp_path / "jupyterlab.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kinesis_lab.cli", "lab", "--no-stack", "--no-browser", f"--port={port}",
+            [sys.executable, "-m", "kinesis_lab.course.cli", "lab", "--no-stack", "--no-browser", f"--port={port}",
              "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}"],
             cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
@@ -200,7 +201,7 @@ def _round_trip(path: Path) -> str:
 def test_sanitised_notebook_is_what_jupyterlab_would_save(tmp_path):
     from ipykernel.kernelspec import get_kernel_dict
 
-    from kinesis_lab.demo import normalise_notebook, sanitise_outputs
+    from kinesis_lab.course.demo import normalise_notebook, sanitise_outputs
 
     home = "/home/learner/kinesis-lab"
     html = f"<table><tr><td>81.1 GB free in {home}</td></tr></table>"
@@ -244,7 +245,7 @@ def test_sanitised_notebook_is_what_jupyterlab_would_save(tmp_path):
 def test_every_notebook_normalises_to_a_stable_valid_file(tmp_path, notebook):
     import nbformat
 
-    from kinesis_lab.demo import normalise_notebook
+    from kinesis_lab.course.demo import normalise_notebook
 
     path = tmp_path / notebook.name
     path.write_bytes(notebook.read_bytes())

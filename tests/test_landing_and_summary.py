@@ -7,15 +7,15 @@ from collections import Counter
 import boto3
 from waiting import DEADLINE
 
-from kinesis_lab.landing import (
+from kinesis_lab.cloud.landing import (
     LandedObject,
     Landing,
     read_landing,
     reconcile,
     wait_for_landing,
 )
-from kinesis_lab.prefixes import static_prefix
-from kinesis_lab.summary import read_summary, reconciliation_problems, update_summary
+from kinesis_lab.cloud.prefixes import static_prefix
+from kinesis_lab.cloud.summary import read_summary, reconciliation_problems, update_summary
 
 
 def lines(*ids):

@@ -1,4 +1,4 @@
-"""The ledger of a run (kinesis_lab.ledger, `kinesis-lab reconcile`): every CSV line's fate at each hop."""
+"""The ledger of a run (kinesis_lab.cloud.ledger, `kinesis-lab reconcile`): every CSV line's fate at each hop."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from collections import Counter
 
 import pytest
 
-from kinesis_lab import ledger as lg
-from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH
-from kinesis_lab.producer import produce_file
-from kinesis_lab.records import iter_records, scan_file
-from kinesis_lab.summary import read_summary, reconciliation_problems
+from kinesis_lab.cloud import ledger as lg
+from kinesis_lab.cloud.dataset import COLUMNS, SAMPLE_PATH
+from kinesis_lab.cloud.producer import produce_file
+from kinesis_lab.cloud.records import iter_records, scan_file
+from kinesis_lab.cloud.summary import read_summary, reconciliation_problems
 
 HEADER = ",".join(COLUMNS)
 GOOD = "World,WORLD,Global,2020,9.6,160.00,Total,5-17 years"
@@ -233,7 +233,7 @@ def test_reconcile_command_errors(lab_env, tmp_path, monkeypatch, capsys):
 
 def test_kinesis_lab_reconcile_command(produced, lab_env):
     done = subprocess.run(
-        [sys.executable, "-m", "kinesis_lab.cli", "reconcile", "--dataset", str(SAMPLE_PATH)],
+        [sys.executable, "-m", "kinesis_lab.course.cli", "reconcile", "--dataset", str(SAMPLE_PATH)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -243,7 +243,7 @@ def test_kinesis_lab_reconcile_command(produced, lab_env):
     assert "MISSING: 1 line(s): line 302 (missing at s3)" in done.stdout
     assert read_summary(lab_env)["ledger_missing_at"] == {"s3": 1}
     bad = subprocess.run(
-        [sys.executable, "-m", "kinesis_lab.cli", "reconcile", "--dataset", "/nonexistent.csv"],
+        [sys.executable, "-m", "kinesis_lab.course.cli", "reconcile", "--dataset", "/nonexistent.csv"],
         capture_output=True,
         text=True,
         timeout=120,

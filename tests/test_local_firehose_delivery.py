@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from kinesis_lab.local_firehose.checkpoints import FILE_NAME, CheckpointStore, stream_key
-from kinesis_lab.local_firehose.delivery import (
+from kinesis_lab.local.firehose.checkpoints import FILE_NAME, CheckpointStore, stream_key
+from kinesis_lab.local.firehose.delivery import (
     MIB,
     Buffer,
     DeliverySettings,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from kinesis_lab import prefixes as ex
+from kinesis_lab.cloud import prefixes as ex
 
 WHEN = datetime(2018, 8, 27, 10, 30, 5, tzinfo=UTC)
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"

@@ -29,7 +29,7 @@ from test_local_firehose_stack import (
 )
 from waiting import LogWatch
 
-from kinesis_lab import stack
+from kinesis_lab.local import stack
 
 REGION = "us-east-1"
 
@@ -39,7 +39,7 @@ def start_service(state_dir, endpoint) -> subprocess.Popen:
     env = {**os.environ, **stack.local_env(endpoint, REGION), "PYTHONUNBUFFERED": "1"}
     with open(state_dir / "logs" / "firehose.log", "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "kinesis_lab.local_firehose", "--state-dir", str(state_dir / "firehose")],
+            [sys.executable, "-m", "kinesis_lab.local.firehose", "--state-dir", str(state_dir / "firehose")],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
 
@@ -122,7 +122,7 @@ def test_sigkill_then_restart_loses_and_repeats_nothing_and_sigterm_flushes(own_
 
     # 5. one more pass (--once) finds nothing new to deliver: the checkpoints were kept
     once = subprocess.run(
-        [sys.executable, "-m", "kinesis_lab.local_firehose", "--state-dir", str(state_dir / "firehose"), "--once"],
+        [sys.executable, "-m", "kinesis_lab.local.firehose", "--state-dir", str(state_dir / "firehose"), "--once"],
         env={**os.environ, **stack.local_env(state.endpoint, REGION)}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert once.returncode == 0, once.stdout + once.stderr

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from waiting import DEADLINE, LogWatch, wait_until
 
-from kinesis_lab import stack
-from kinesis_lab.firehose_config import build_delivery_stream_request, create_delivery_stream
-from kinesis_lab.local_firehose.checkpoints import stream_key
+from kinesis_lab.cloud.firehose_config import build_delivery_stream_request, create_delivery_stream
+from kinesis_lab.local import stack
+from kinesis_lab.local.firehose.checkpoints import stream_key
 
 ACCOUNT = "123456789012"
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/FirehoseToS3Role"

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from waiting import DEADLINE, wait_until
 
-from kinesis_lab import local_pipeline as lp
+from kinesis_lab.local import pipeline as lp
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_DIR = REPO / "databricks" / "pipeline"

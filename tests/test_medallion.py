@@ -536,7 +536,7 @@ def test_quarantine_by_rule(spark):
 # --- whole CSV files: the producer's records through silver and gold (no AWS, no pipeline run) ---------
 def produced(spark, path):
     """Silver's input for a CSV: the producer's records (one JSON line each), as Firehose lands them."""
-    from kinesis_lab.records import iter_records
+    from kinesis_lab.cloud.records import iter_records
 
     lines = [r.data.decode("utf-8").rstrip("\n") for r in iter_records(path)]
     return checked(spark, *lines)
@@ -581,7 +581,7 @@ def test_real_like_csv_keeps_aggregates_apart(spark, tmp_path):
     exists only as its aggregate."""
     import pandas as pd
 
-    from kinesis_lab import dataset
+    from kinesis_lab.cloud import dataset
 
     path = dataset.generate_synthetic_sample(tmp_path / "real_like.csv", rows=537, seed=14, aggregates=True)
     df = produced(spark, path)
@@ -610,8 +610,8 @@ def test_real_like_csv_keeps_aggregates_apart(spark, tmp_path):
 def test_sending_a_grown_file_again_adds_only_the_new_row_to_silver(spark, tmp_path):
     """The producer's ids depend on each row, not on the file: the earlier rows of a file with one row
     appended are redeliveries, and silver (de-duplicating on event_id) grows by exactly one."""
-    from kinesis_lab.dataset import SAMPLE_PATH
-    from kinesis_lab.records import iter_records
+    from kinesis_lab.cloud.dataset import SAMPLE_PATH
+    from kinesis_lab.cloud.records import iter_records
 
     grown = tmp_path / "grown.csv"
     grown.write_text(SAMPLE_PATH.read_text(encoding="utf-8")

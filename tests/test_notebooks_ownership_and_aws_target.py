@@ -24,9 +24,10 @@ import papermill
 import pytest
 from botocore.exceptions import ClientError
 
-from kinesis_lab import policies, stack
-from kinesis_lab.prefixes import static_prefix
-from kinesis_lab.stack import set_iam_enforcement
+from kinesis_lab.cloud import policies
+from kinesis_lab.cloud.prefixes import static_prefix
+from kinesis_lab.local import stack
+from kinesis_lab.local.stack import set_iam_enforcement
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.stack]
 
@@ -221,7 +222,7 @@ def test_the_aws_target_runs_01_to_06_and_99_as_a_learner_with_only_the_learner_
     learner_policy = policies.learner_policy(**cfg_values)
     iam = admin("iam")
     learner = user_keys(iam, "learner", learner_policy)
-    # moto cannot act as the Firehose service: a user named after it stands in (see kinesis_lab.moto_server)
+    # moto cannot act as the Firehose service: a user named after it stands in (see kinesis_lab.local.moto_server)
     service = user_keys(iam, "firehose.amazonaws.com", firehose_service_stand_in_policy())
     stack.restart_firehose(state_dir, REGION, env=service)
     someone_else = admin("s3")

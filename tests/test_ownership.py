@@ -9,8 +9,9 @@ import os
 import boto3
 import pytest
 
-from kinesis_lab import aws, ownership, policies
-from kinesis_lab.config import load_config
+from kinesis_lab.cloud import aws, ownership, policies
+from kinesis_lab.cloud.config import load_config
+from kinesis_lab.local import targets
 
 LAB_TAGS = {"project": "kinesis-lab", "course": "kinesis-firehose-s3-databricks"}
 TRUST = {"Version": "2012-10-17", "Statement": [
@@ -139,7 +140,7 @@ def test_aws_target_at_an_endpoint_takes_the_partition_from_the_caller(local_sta
     keys are kept, and every ARN the lab builds uses the caller's partition (moto answers aws-cn in cn-north-1)."""
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     monkeypatch.setenv("LAB_AWS_ENDPOINT_URL", local_stack.endpoint)
-    lab = aws.connect(load_config(target="aws", region="cn-north-1"), confirm_aws_costs=True)
+    lab = targets.connect(load_config(target="aws", region="cn-north-1"), confirm_aws_costs=True)
     assert (lab.endpoint, os.environ["AWS_ENDPOINT_URL"], os.environ["AWS_ACCESS_KEY_ID"]) == (
         local_stack.endpoint, local_stack.endpoint, "testing")
     assert lab.partition == "aws-cn"
@@ -155,12 +156,12 @@ def test_aws_target_at_an_endpoint_takes_the_partition_from_the_caller(local_sta
 
 def test_the_endpoint_setting_is_ignored_on_the_local_target(monkeypatch):
     monkeypatch.setenv("LAB_AWS_ENDPOINT_URL", "http://127.0.0.1:1")
-    monkeypatch.setattr(aws, "use_local_stack", lambda cfg, start=True: "http://127.0.0.1:5000")
+    monkeypatch.setattr(targets, "use_local_stack", lambda cfg, start=True: "http://127.0.0.1:5000")
 
     class Sts:
         def get_caller_identity(self):
             return {"Account": "123456789012", "Arn": "arn:aws:iam::123456789012:user/moto"}
 
     monkeypatch.setattr(boto3, "client", lambda *a, **k: Sts())
-    lab = aws.connect(load_config(target="local", region="us-east-1"))
+    lab = targets.connect(load_config(target="local", region="us-east-1"))
     assert lab.endpoint == "http://127.0.0.1:5000" and lab.partition == "aws"

@@ -21,8 +21,8 @@ import pytest
 from test_local_pipeline import PIPELINE_DIR, PREFIX, rec
 from waiting import DEADLINE
 
-from kinesis_lab import local_pipeline as lp
-from kinesis_lab import stack
+from kinesis_lab.local import pipeline as lp
+from kinesis_lab.local import stack
 
 REGION = "us-east-1"
 BUCKET = "pipeline-faults-bucket"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kinesis_lab import policies
-from kinesis_lab.aws import LabSession
-from kinesis_lab.config import LabConfig
-from kinesis_lab.firehose_config import build_delivery_stream_request
+from kinesis_lab.cloud import policies
+from kinesis_lab.cloud.aws import LabSession
+from kinesis_lab.cloud.config import LabConfig
+from kinesis_lab.cloud.firehose_config import build_delivery_stream_request
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY_README = REPO / "aws-policy" / "README.md"
@@ -451,7 +451,7 @@ def test_learner_values_come_from_a_lab_session():
 
 
 def test_learner_policy_is_printed_for_an_account_without_calling_aws(capsys, monkeypatch):
-    monkeypatch.setattr("kinesis_lab.aws.connect", lambda *a, **k: pytest.fail("no AWS call needed"))
+    monkeypatch.setattr("kinesis_lab.local.targets.connect", lambda *a, **k: pytest.fail("no AWS call needed"))
     for var in ("LAB_BUCKET", "LAB_REGION", "AWS_REGION", "AWS_DEFAULT_REGION", "LAB_STREAM_NAME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
@@ -498,4 +498,4 @@ def test_readme_documents_the_learner_policy():
     for action in set().union(*LEARNER_ACTIONS.values()) | {"iam:PassRole", "s3:GetObject", "s3:DeleteObject",
                                                             "s3:DeleteObjectVersion"}:
         assert f"`{action}`" in readme, f"{action} not explained in the README"
-    assert "python -m kinesis_lab.policies learner" in readme and "RESOURCE_POLICY_PRIVILEGE_ESCALATION" in readme
+    assert "python -m kinesis_lab.cloud.policies learner" in readme and "RESOURCE_POLICY_PRIVILEGE_ESCALATION" in readme

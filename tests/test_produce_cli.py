@@ -12,11 +12,11 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from kinesis_lab import stack
-from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH
-from kinesis_lab.producer import SendInterrupted, produce_file
+from kinesis_lab.cloud.dataset import COLUMNS, SAMPLE_PATH
+from kinesis_lab.cloud.producer import SendInterrupted, produce_file
+from kinesis_lab.local import stack
 
-CLI = [sys.executable, "-m", "kinesis_lab.cli"]
+CLI = [sys.executable, "-m", "kinesis_lab.course.cli"]
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from collections import Counter
 
 import pytest
 
-from kinesis_lab.batching import MAX_BYTES_PER_CALL, RecordTooLargeError, iter_batches
-from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH
-from kinesis_lab.producer import produce_file
-from kinesis_lab.records import (
+from kinesis_lab.cloud.batching import MAX_BYTES_PER_CALL, RecordTooLargeError, iter_batches
+from kinesis_lab.cloud.dataset import COLUMNS, SAMPLE_PATH
+from kinesis_lab.cloud.producer import produce_file
+from kinesis_lab.cloud.records import (
     MAX_RECORD_BYTES,
     HeaderError,
     Record,
@@ -292,8 +292,8 @@ def test_the_producer_does_not_import_the_local_stand_ins():
     import sys
 
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, kinesis_lab.producer; print(' '.join(sys.modules))"],
+        [sys.executable, "-c", "import sys, kinesis_lab.cloud.producer; print(' '.join(sys.modules))"],
         capture_output=True, text=True, check=True).stdout.split()
-    stand_ins = {"kinesis_lab.throttling", "kinesis_lab.moto_server", "kinesis_lab.local_pipeline",
-                 "kinesis_lab.local_firehose", "moto"}
+    stand_ins = {"kinesis_lab.local.throttling", "kinesis_lab.local.moto_server", "kinesis_lab.local.pipeline",
+                 "kinesis_lab.local.firehose", "moto"}
     assert stand_ins.isdisjoint(loaded)

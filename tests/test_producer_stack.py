@@ -11,9 +11,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from kinesis_lab.dataset import COLUMNS, SAMPLE_PATH
-from kinesis_lab.producer import DeliveryError, SendInterrupted, produce_file
-from kinesis_lab.throttling import simulate_throttling
+from kinesis_lab.cloud.dataset import COLUMNS, SAMPLE_PATH
+from kinesis_lab.cloud.producer import DeliveryError, SendInterrupted, produce_file
+from kinesis_lab.local.throttling import simulate_throttling
 
 STREAM = "producer-test"
 SAMPLE_ROWS = 540

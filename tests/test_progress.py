@@ -7,9 +7,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from kinesis_lab.dataset import SAMPLE_PATH
-from kinesis_lab.progress import Progress, in_jupyter_kernel, progress_bar
-from kinesis_lab.records import RecordReader
+from kinesis_lab.cloud.dataset import SAMPLE_PATH
+from kinesis_lab.cloud.progress import Progress, in_jupyter_kernel, progress_bar
+from kinesis_lab.cloud.records import RecordReader
 
 
 class FakeClock:
@@ -150,18 +150,18 @@ def test_executed_notebook_stores_the_final_state(tmp_path):
     nb = run_notebook(
         [
             "import time\n"
-            "from kinesis_lab.progress import progress_bar\n"
+            "from kinesis_lab.cloud.progress import progress_bar\n"
             "with progress_bar(540, 'steps', unit='rec') as bar:\n"
             "    for i in range(1, 541):\n"
             "        bar.set(i)\n"
             "        time.sleep(0.003)  # ~1.6 s: several throttled updates\n"
             "print('mode', bar.mode)",
             FAKE_AWS,
-            "from kinesis_lab.producer import produce_file\n"
+            "from kinesis_lab.cloud.producer import produce_file\n"
             f"result = produce_file({str(SAMPLE_PATH)!r}, stream_name='s', kinesis=FakeKinesis())\n"
             "print('sent', result.records_sent)",
             "import json\n"
-            "from kinesis_lab.landing import wait_for_landing\n"
+            "from kinesis_lab.cloud.landing import wait_for_landing\n"
             "bodies = {f'bronze/{i}': b''.join(json.dumps({'event_id': str(j)}).encode() + b'\\n'\n"
             "                                 for j in range(i * 90, (i + 1) * 90)) for i in range(6)}\n"
             "landing = wait_for_landing(FakeS3(bodies), 'b', 'bronze/', {str(j) for j in range(540)},\n"

@@ -2,9 +2,8 @@
 
 import pytest
 
-from kinesis_lab.dataset import SAMPLE_PATH, DatasetError
-from kinesis_lab.demo import parameters_for
-from kinesis_lab.summary import (
+from kinesis_lab.cloud.dataset import SAMPLE_PATH, DatasetError
+from kinesis_lab.cloud.summary import (
     DatasetMismatch,
     dataset_of_run,
     end_run,
@@ -13,6 +12,7 @@ from kinesis_lab.summary import (
     summary_path,
     update_summary,
 )
+from kinesis_lab.course.demo import parameters_for
 
 REPO_NOTEBOOKS = SAMPLE_PATH.parents[1] / "notebooks"
 

@@ -28,9 +28,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from kinesis_lab import local_pipeline as lp
-from kinesis_lab import policies, teardown
-from kinesis_lab.stack import set_iam_enforcement
+from kinesis_lab.cloud import policies, teardown
+from kinesis_lab.local import pipeline as lp
+from kinesis_lab.local.stack import set_iam_enforcement
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"
@@ -211,8 +211,9 @@ def test_teardown_that_cannot_read_a_buckets_tags_deletes_nothing(aws_clients, c
 
 # --- the cost opt-in, as a notebook calls it ---------------------------------------------------------
 def test_connect_to_aws_without_the_opt_in_is_refused_before_anything_happens(monkeypatch):
-    from kinesis_lab import aws
-    from kinesis_lab.config import load_config
+    from kinesis_lab.cloud import aws
+    from kinesis_lab.cloud.config import load_config
+    from kinesis_lab.local import targets
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
     monkeypatch.setattr(
@@ -224,9 +225,9 @@ def test_connect_to_aws_without_the_opt_in_is_refused_before_anything_happens(mo
         else:
             monkeypatch.setenv(aws.COST_OPT_IN_VAR, value)
         with pytest.raises(aws.CostOptInRequired, match="LAB_CONFIRM_AWS_COSTS=1"):
-            aws.connect(load_config(target="aws"))
+            targets.connect(load_config(target="aws"))
         with pytest.raises(aws.CostOptInRequired):
-            aws.connect(load_config(target="aws"), confirm_aws_costs=False)
+            targets.connect(load_config(target="aws"), confirm_aws_costs=False)
     import os
 
     assert os.environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1"  # refused before touching the environment

@@ -12,9 +12,9 @@ import boto3
 import pytest
 from waiting import wait_until
 
-from kinesis_lab import stack
+from kinesis_lab.local import stack
 
-CLI = [sys.executable, "-m", "kinesis_lab.cli"]
+CLI = [sys.executable, "-m", "kinesis_lab.course.cli"]
 
 
 def run_cli(*args, env_extra=None, check=False):

@@ -29,11 +29,11 @@ from test_local_firehose_stack import make_delivery_stream, make_source, read_ob
 from test_stack_cli import run_cli
 from waiting import DEADLINE, wait_until
 
-from kinesis_lab import aws, procs, stack
-from kinesis_lab import local_pipeline as lp
-from kinesis_lab.config import load_config
-from kinesis_lab.moto_server import HEALTH_PATH
-from kinesis_lab.summary import update_summary
+from kinesis_lab.cloud.config import load_config
+from kinesis_lab.cloud.summary import update_summary
+from kinesis_lab.local import pipeline as lp
+from kinesis_lab.local import procs, stack, targets
+from kinesis_lab.local.moto_server import HEALTH_PATH
 
 REGION = "us-east-1"
 REPO = Path(__file__).resolve().parents[1]
@@ -139,15 +139,15 @@ def test_pids_of_other_programs_are_never_signalled(state_dir, own_processes):
 
 
 def test_a_recorded_start_time_that_differs_is_not_the_same_process(tmp_path, own_processes):
-    signature = procs.Signature.of("kinesis_lab.moto_server", "--state-dir", tmp_path)
-    proc = own_processes([sys.executable, "-c", "import time; time.sleep(600)", "kinesis_lab.moto_server",
+    signature = procs.Signature.of("kinesis_lab.local.moto_server", "--state-dir", tmp_path)
+    proc = own_processes([sys.executable, "-c", "import time; time.sleep(600)", "kinesis_lab.local.moto_server",
                           "--state-dir", str(tmp_path)])  # fmt: skip
     wait_until(lambda: procs.command_line(proc.pid), "the process to start")  # empty while it execs
     started = procs.start_time(proc.pid)
     assert procs.is_ours(proc.pid, signature, started)
     assert not procs.is_ours(proc.pid, signature, str(int(started) - 1))  # same pid, another process
     assert not procs.send(proc.pid, signature, signal.SIGTERM, str(int(started) - 1))
-    other = procs.Signature.of("kinesis_lab.moto_server", "--state-dir", tmp_path / "elsewhere")
+    other = procs.Signature.of("kinesis_lab.local.moto_server", "--state-dir", tmp_path / "elsewhere")
     assert not procs.send(proc.pid, other, signal.SIGTERM)
     assert proc.poll() is None
     assert procs.find(signature) == [proc.pid]
@@ -158,14 +158,14 @@ def test_a_recorded_start_time_that_differs_is_not_the_same_process(tmp_path, ow
 def test_without_proc_the_ps_fallback_checks_the_same_way(tmp_path, own_processes, monkeypatch):
     """macOS has no /proc: command lines and start times come from ps (arguments joined by spaces)."""
     folder = tmp_path / "state dir with spaces"
-    signature = procs.Signature.of("kinesis_lab.moto_server", "--state-dir", folder)
-    mine = own_processes([sys.executable, "-c", "import time; time.sleep(600)", "kinesis_lab.moto_server",
+    signature = procs.Signature.of("kinesis_lab.local.moto_server", "--state-dir", folder)
+    mine = own_processes([sys.executable, "-c", "import time; time.sleep(600)", "kinesis_lab.local.moto_server",
                           f"--state-dir={folder}"])  # fmt: skip
-    near_miss = own_processes([sys.executable, "-c", "import time; time.sleep(600)", "kinesis_lab.moto_server",
+    near_miss = own_processes([sys.executable, "-c", "import time; time.sleep(600)", "kinesis_lab.local.moto_server",
                                f"--state-dir={folder}-2"])  # fmt: skip
     wait_until(lambda: procs.find(signature) == [mine.pid], "the process to be found through /proc")
     monkeypatch.setattr(procs, "_has_proc", lambda: False)
-    assert procs.command_line(mine.pid).endswith(f"kinesis_lab.moto_server --state-dir={folder}")
+    assert procs.command_line(mine.pid).endswith(f"kinesis_lab.local.moto_server --state-dir={folder}")
     started = procs.start_time(mine.pid)
     assert started and not started.isdigit()  # ps's lstart, e.g. "Sun Nov 29 17:56:49 2026"
     assert procs.find(signature) == [mine.pid]
@@ -237,7 +237,7 @@ def test_a_worker_started_by_hand_is_adopted_and_stopped_by_down(state_dir, own_
     log = state_dir / "logs" / "by-hand.log"
     with open(log, "wb") as out:
         by_hand = own_processes(  # as a learner would, from the state folder, with a relative path
-            [sys.executable, "-m", "kinesis_lab.local_firehose", "--state-dir", "firehose"],
+            [sys.executable, "-m", "kinesis_lab.local.firehose", "--state-dir", "firehose"],
             cwd=state_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     wait_until(lambda: "local Firehose service started" in log.read_text(), "the hand-started worker to run")
@@ -246,7 +246,7 @@ def test_a_worker_started_by_hand_is_adopted_and_stopped_by_down(state_dir, own_
 
     # a second worker on the same checkpoints would deliver everything twice: it refuses to start
     second = subprocess.run(
-        [sys.executable, "-m", "kinesis_lab.local_firehose", "--state-dir", str(state_dir / "firehose")],
+        [sys.executable, "-m", "kinesis_lab.local.firehose", "--state-dir", str(state_dir / "firehose")],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert second.returncode == 3 and "another local Firehose worker delivers from" in second.stdout
@@ -267,8 +267,8 @@ def test_a_dead_moto_is_reported_as_lost_state(state_dir, monkeypatch):
         monkeypatch.setenv(key, os.environ.get(key, ""))
     cfg = load_config()
     with warnings.catch_warnings():
-        warnings.simplefilter("error", aws.LocalStateLost)
-        first = aws.connect(cfg)  # starts the stack; nothing lost
+        warnings.simplefilter("error", targets.LocalStateLost)
+        first = targets.connect(cfg)  # starts the stack; nothing lost
     clients_for(first.endpoint)("s3").create_bucket(Bucket="learner-work")
     state = stack.read_state(state_dir)
     kill_and_wait(state.moto_pid)
@@ -281,18 +281,18 @@ def test_a_dead_moto_is_reported_as_lost_state(state_dir, monkeypatch):
     assert new.port == state.port  # kernels holding the old endpoint reach the new server
     assert any(note.startswith(stack.STATE_LOST) for note in stack.status(state_dir)["notes"])
     # this process worked with the old moto: connect says its state is gone, once
-    with pytest.warns(aws.LocalStateLost, match="run notebooks 01–04 again"):
-        again = aws.connect(cfg)
+    with pytest.warns(targets.LocalStateLost, match="run notebooks 01–04 again"):
+        again = targets.connect(cfg)
     assert again.endpoint == new.endpoint
     assert clients_for(again.endpoint)("s3").list_buckets()["Buckets"] == []
     with warnings.catch_warnings():
-        warnings.simplefilter("error", aws.LocalStateLost)
-        aws.connect(cfg)
+        warnings.simplefilter("error", targets.LocalStateLost)
+        targets.connect(cfg)
 
     # connect itself replacing a dead moto says so too
     kill_and_wait(new.moto_pid)
-    with pytest.warns(aws.LocalStateLost, match="moto had stopped"):
-        aws.connect(cfg)
+    with pytest.warns(targets.LocalStateLost, match="moto had stopped"):
+        targets.connect(cfg)
     assert stack.status(state_dir)["up"]
 
 
@@ -352,7 +352,7 @@ def test_a_moto_holding_many_records_and_busy_dumping_them_is_not_declared_dead(
 # --- 5. concurrent lifecycle commands ---------------------------------------------------------------
 def test_concurrent_up_and_down_leave_no_orphan(state_dir):
     env = {**os.environ, "LAB_STATE_DIR": str(state_dir)}
-    cli = [sys.executable, "-m", "kinesis_lab.cli"]
+    cli = [sys.executable, "-m", "kinesis_lab.course.cli"]
 
     def together(*commands: str) -> list[subprocess.CompletedProcess]:
         running = [subprocess.Popen([*cli, c], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -415,7 +415,7 @@ def test_a_build_folder_without_write_permission_is_a_one_line_message(tmp_path)
     build = base / "build"
     (build / "lakehouse").mkdir(parents=True)
     code = (
-        "import sys; from kinesis_lab import local_pipeline as lp\n"
+        "import sys; from kinesis_lab.local import pipeline as lp\n"
         "try:\n"
         f"    lp.run_pipeline({str(REPO / 'databricks' / 'pipeline')!r}, source_path='/', build_dir={str(build)!r})\n"
         "except lp.PipelineError as exc:\n"

@@ -5,8 +5,8 @@ import json
 import boto3
 import pytest
 
-from kinesis_lab import teardown
-from kinesis_lab.firehose_config import build_delivery_stream_request, create_delivery_stream
+from kinesis_lab.cloud import teardown
+from kinesis_lab.cloud.firehose_config import build_delivery_stream_request, create_delivery_stream
 
 REGION = "us-east-1"
 LAB_TAGS = {"project": "kinesis-lab", "course": "kinesis-firehose-s3-databricks"}

@@ -11,11 +11,11 @@ from collections import Counter
 
 import pytest
 
-from kinesis_lab import producer
-from kinesis_lab.dataset import COLUMNS, generate_synthetic_sample
-from kinesis_lab.producer import THROTTLED, DeliveryError, _SendRate, produce_file
-from kinesis_lab.records import iter_records
-from kinesis_lab.throttling import ShardCapacity, hash_key, simulate_capacity, simulate_throttling
+from kinesis_lab.cloud import producer
+from kinesis_lab.cloud.dataset import COLUMNS, generate_synthetic_sample
+from kinesis_lab.cloud.producer import THROTTLED, DeliveryError, _SendRate, produce_file
+from kinesis_lab.cloud.records import iter_records
+from kinesis_lab.local.throttling import ShardCapacity, hash_key, simulate_capacity, simulate_throttling
 
 TOP = 2**128
 FOUR = [(f"shardId-{i:012d}", i * TOP // 4, (i + 1) * TOP // 4 - 1) for i in range(4)]

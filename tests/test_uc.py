@@ -13,8 +13,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from kinesis_lab import ownership, policies, uc
-from kinesis_lab.stack import set_iam_enforcement
+from kinesis_lab.cloud import ownership, policies, uc
+from kinesis_lab.local.stack import set_iam_enforcement
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"

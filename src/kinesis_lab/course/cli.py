@@ -10,10 +10,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from kinesis_lab import doctor, stack
-from kinesis_lab.aws import CostOptInRequired
-from kinesis_lab.config import ConfigError, load_config
-from kinesis_lab.local_pipeline import BuildFolderError
+from kinesis_lab import connect
+from kinesis_lab.cloud.aws import CostOptInRequired
+from kinesis_lab.cloud.config import ConfigError, load_config
+from kinesis_lab.course import doctor
+from kinesis_lab.local import stack
+from kinesis_lab.local.pipeline import BuildFolderError
 
 
 class CliError(Exception):
@@ -112,7 +114,7 @@ def cmd_down(args) -> int:
         pid = getattr(recorded, f"{role}_pid", 0)
         if pid and pid not in stopped and stack.pid_alive(pid):
             print(f"pid {pid} (recorded for {role}) is not the lab's process: left alone")
-    from kinesis_lab.local_pipeline import stop_pipeline_server
+    from kinesis_lab.local.pipeline import stop_pipeline_server
 
     if stop_pipeline_server(cfg.build_dir):
         print("local Spark Connect server of the pipeline stopped")
@@ -152,12 +154,12 @@ def cmd_doctor(args) -> int:
 def cmd_produce(args) -> int:
     from contextlib import nullcontext
 
-    from kinesis_lab import aws, producer
-    from kinesis_lab.records import HeaderError
-    from kinesis_lab.throttling import simulate_throttling
+    from kinesis_lab.cloud import producer
+    from kinesis_lab.cloud.records import HeaderError
+    from kinesis_lab.local.throttling import simulate_throttling
 
     cfg = load_config(target=args.target, stream_name=args.stream)
-    session = aws.connect(cfg, start_stack=False)
+    session = connect(cfg, start_stack=False)
     kinesis = session.client("kinesis")
     rate = args.simulated_failure_rate
     throttled = simulate_throttling(kinesis, rate) if rate else nullcontext()  # the local stand-in
@@ -185,10 +187,10 @@ def cmd_produce(args) -> int:
 def cmd_pipeline(args) -> int:
     import boto3
 
-    from kinesis_lab import aws, local_pipeline
+    from kinesis_lab.local import pipeline as local_pipeline
 
     cfg = load_config(target=args.target)
-    session = aws.connect(cfg, start_stack=False)
+    session = connect(cfg, start_stack=False)
     try:
         mirror = local_pipeline.mirror_s3_prefix(boto3.client("s3", region_name=cfg.region), session.bucket,
                                                  cfg.s3_prefix, local_pipeline.external_location_dir(cfg.build_dir))
@@ -204,14 +206,14 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from kinesis_lab import demo
+    from kinesis_lab.course import demo
 
     return demo.run_demo(dataset=args.dataset, simulated_failure_rate=args.simulated_failure_rate,
                          notebooks=args.notebooks, keep_stack=args.keep_stack, in_place=args.in_place)
 
 
 def cmd_reconcile(args) -> int:
-    from kinesis_lab import ledger
+    from kinesis_lab.cloud import ledger
 
     return ledger.run_reconcile(target=args.target, dataset=args.dataset, as_json=args.json)
 

@@ -1,7 +1,7 @@
 """A local stand-in for Amazon Data Firehose delivering a Kinesis data stream to S3.
 
 moto stores ``KinesisStreamAsSource`` delivery streams but never reads Kinesis. This package is a
-small process (``python -m kinesis_lab.local_firehose --state-dir DIR``) that does what AWS documents:
+small process (``python -m kinesis_lab.local.firehose --state-dir DIR``) that does what AWS documents:
 
 Implemented
   * reads every shard of the source stream, starting at the delivery stream's creation (AWS starts at

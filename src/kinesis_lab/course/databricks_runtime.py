@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from kinesis_lab.config import LabConfig, qualified_name
+from kinesis_lab.cloud.config import LabConfig, qualified_name
 
 RUNTIME_VAR = "DATABRICKS_RUNTIME_VERSION"  # set by every Databricks runtime, serverless included
 MIN_SDK_VERSION = (0, 54)  # external_locations.create(enable_file_events=...)
@@ -51,14 +51,14 @@ def table_reader(cfg: LabConfig, spark=None) -> Callable[[str], object]:
     with ``spark`` (pass the notebook's inside Databricks), else the local pipeline's warehouse."""
     if spark is not None:
         return lambda name: spark.table(qualified_name(cfg.catalog, name)).toPandas()
-    from kinesis_lab.local_pipeline import read_table
+    from kinesis_lab.local.pipeline import read_table
 
     return lambda name: read_table(cfg.build_dir, name)
 
 
 def landing_url(cfg: LabConfig, bucket: str | None) -> str:
     """Where the pipeline reads (its ``lab.source_path``): ``s3://<bucket>/<static Firehose prefix>``."""
-    from kinesis_lab.local_pipeline import static_prefix
+    from kinesis_lab.local.pipeline import static_prefix
 
     if not bucket:
         raise ValueError("set the widget `bucket` to the landing bucket (jm-demo-s3-lab-<account>-<region>)")

@@ -1,6 +1,6 @@
 """The architecture figure, with a "you are here" highlight per notebook.
 
-``python -m kinesis_lab.diagram`` writes ``images/architecture.png`` and one ``images/you_are_here_<step>.png``
+``python -m kinesis_lab.course.diagram`` writes ``images/architecture.png`` and one ``images/you_are_here_<step>.png``
 per notebook; the notebooks embed those files.
 """
 
@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
-from kinesis_lab.config import find_home
+from kinesis_lab.cloud.config import find_home
 
 INK = "#1a1a1a"  # dark text on light fills
 MARK = "#c00000"  # the "you are here" red

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from kinesis_lab.records import MAX_RECORD_BYTES, Record
+from kinesis_lab.cloud.records import MAX_RECORD_BYTES, Record
 
 MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024  # data + partition keys

@@ -12,7 +12,7 @@ import io
 import random
 from pathlib import Path
 
-from kinesis_lab.config import find_home
+from kinesis_lab.cloud.config import find_home
 
 COLUMNS = (
     "Country",

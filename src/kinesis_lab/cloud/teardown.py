@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 
-from kinesis_lab import ownership
-from kinesis_lab.prefixes import static_prefix
+from kinesis_lab.cloud import ownership
+from kinesis_lab.cloud.prefixes import static_prefix
 
 GONE = "already gone"
 NOT_OURS = "kept: not tagged as this lab's"

@@ -7,17 +7,13 @@ or a moto server in CI): everything else runs as on a real account, with the cre
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 
 import boto3
 
-from kinesis_lab import stack
-from kinesis_lab.config import LabConfig, load_config
+from kinesis_lab.cloud.config import LabConfig, load_config
 
 COST_OPT_IN_VAR = "LAB_CONFIRM_AWS_COSTS"  # read by load_config (LabConfig.confirm_aws_costs)
-
-ALREADY_EXISTS_CODES = {"EntityAlreadyExists", "ResourceInUseException", "BucketAlreadyOwnedByYou"}
 
 
 class CostOptInRequired(RuntimeError):
@@ -75,59 +71,15 @@ def _use_aws_endpoint(cfg: LabConfig) -> str | None:
     if cfg.aws_endpoint_url:
         os.environ["AWS_ENDPOINT_URL"] = cfg.aws_endpoint_url
         return cfg.aws_endpoint_url
-    _forget_local_endpoint()
     return None
 
 
-def _forget_local_endpoint() -> None:
-    """On aws, never send requests to a leftover local endpoint or with the dummy keys."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
-    if stack.HOST in endpoint or "localhost" in endpoint:
-        os.environ.pop("AWS_ENDPOINT_URL", None)
-        for key, value in stack.DUMMY_CREDENTIALS.items():
-            if os.environ.get(key) == value:
-                os.environ.pop(key, None)
-
-
-class LocalStateLost(UserWarning):
-    """The local AWS state (buckets, streams, roles, records) this work relied on is gone."""
-
-
-_stack_seen: dict[str, str] = {}  # state folder -> id of the local stack this process last connected to
-
-
-def use_local_stack(cfg: LabConfig, start: bool = True) -> str:
-    """Point this process's boto3 at the local stack (starting what does not run, if asked). Reads
-    the stack's state each time, so a kernel follows a stack restarted elsewhere; warns
-    (LocalStateLost) when the stack's moto is not the one this process used before, or had died and
-    was just replaced. Returns the endpoint."""
-    state = stack.read_state(cfg.state_dir) if stack.status(cfg.state_dir)["up"] else None
-    started: tuple[str, ...] = ()
-    if state is None:
-        if not start:
-            raise stack.StackError("the local stack is not running: start it with `kinesis-lab up` (or run notebook 00)")
-        state, started = stack.up(cfg.state_dir, cfg.region)
-    key = str(cfg.state_dir.resolve())
-    before = _stack_seen.get(key)
-    if "moto" in started and state.lost:
-        lost = state.lost
-    elif before and before != state.stack_id:
-        lost = f"{stack.STATE_LOST} (this process used a local stack that stopped since; a new one runs at {state.endpoint})"
-    else:
-        lost = None
-    if lost:
-        warnings.warn(LocalStateLost(lost), stacklevel=3)
-    _stack_seen[key] = state.stack_id
-    os.environ.update(stack.local_env(state.endpoint, cfg.region))
-    return state.endpoint
-
-
-def connect(cfg: LabConfig, start_stack: bool = True, confirm_aws_costs: bool | None = None) -> LabSession:
-    """Make plain ``boto3.client(...)`` calls reach the target, and learn the account id."""
-    endpoint = None
-    if cfg.is_local:
-        endpoint = use_local_stack(cfg, start=start_stack)
-    else:
+def connect_account(cfg: LabConfig, confirm_aws_costs: bool | None = None,
+                    endpoint: str | None = None) -> LabSession:
+    """Learn the account behind the credentials; plain ``boto3.client(...)`` calls reach it from now on.
+    Target aws needs the cost opt-in and uses AWS itself (or LAB_AWS_ENDPOINT_URL); on local, ``endpoint``
+    is the local stack's, already set in the environment by ``kinesis_lab.connect``."""
+    if not cfg.is_local:
         require_cost_opt_in(confirm_aws_costs, cfg)
         endpoint = _use_aws_endpoint(cfg)
     identity = boto3.client("sts", region_name=cfg.region).get_caller_identity()
@@ -143,6 +95,3 @@ def error_code(exc: Exception) -> str:
 def error_message(exc: Exception) -> str:
     return getattr(exc, "response", {}).get("Error", {}).get("Message", "")
 
-
-def is_already_exists(exc: Exception) -> bool:
-    return error_code(exc) in ALREADY_EXISTS_CODES

@@ -318,8 +318,8 @@ def stream_retention_hours(kinesis, stream_name: str) -> int | None:
 
 def read_s3(s3, bucket: str, prefix: str) -> HopData:
     """The event ids of every JSON line under the static part of ``prefix`` (see landing.read_landing)."""
-    from kinesis_lab.landing import read_landing
-    from kinesis_lab.prefixes import static_prefix
+    from kinesis_lab.cloud.landing import read_landing
+    from kinesis_lab.cloud.prefixes import static_prefix
 
     try:
         landing = read_landing(s3, bucket, static_prefix(prefix))
@@ -338,7 +338,7 @@ def read_s3(s3, bucket: str, prefix: str) -> HopData:
 def read_tables(build_dir: str | Path) -> tuple[HopData, HopData, dict, dict]:
     """(bronze hop, silver hop, event id -> rows in silver_events, event id -> [rules of each quarantine
     row]) from the local pipeline's tables; unchecked hops if the pipeline has not made them yet."""
-    from kinesis_lab import local_pipeline as lp
+    from kinesis_lab.local import pipeline as lp
 
     paths = lp.table_paths(build_dir)
     bronze = HopData("bronze", None, note="no bronze_events table yet: run the pipeline (notebook 07)")
@@ -370,7 +370,7 @@ def csv_lines(csv_path: str | Path) -> tuple[str, str, list[tuple[int, str, str]
     """(file name, sha256, [(line, event_id, kind)] for every data line): a record's first line carries its
     event id; the other lines of a record whose quoted field spans lines are "continuation" lines with the
     same id; blank lines get a placeholder id ``blank-<line>`` (nothing is sent for them)."""
-    from kinesis_lab.records import RecordReader
+    from kinesis_lab.cloud.records import RecordReader
 
     reader = RecordReader(csv_path)  # HeaderError for a header without the course's columns
     lines: list[tuple[int, str, str]] = []
@@ -494,11 +494,11 @@ def run_reconcile(
 
     import boto3
 
-    from kinesis_lab import aws, stack
-    from kinesis_lab.config import load_config
-    from kinesis_lab.dataset import DatasetError
-    from kinesis_lab.records import HeaderError
-    from kinesis_lab.summary import DatasetMismatch, dataset_of_run, update_summary
+    from kinesis_lab.cloud.config import load_config
+    from kinesis_lab.cloud.dataset import DatasetError
+    from kinesis_lab.cloud.records import HeaderError
+    from kinesis_lab.cloud.summary import DatasetMismatch, dataset_of_run, update_summary
+    from kinesis_lab.local import stack, targets
 
     cfg = load_config(target=target)
 
@@ -513,7 +513,7 @@ def run_reconcile(
     kinesis = s3 = bucket = None
     try:
         # reading creates nothing and costs next to nothing: no cost opt-in needed (as for teardown)
-        session = aws.connect(cfg, start_stack=False, confirm_aws_costs=True)
+        session = targets.connect(cfg, start_stack=False, confirm_aws_costs=True)
     except stack.StackError:
         session = None
     if session is not None:

@@ -18,14 +18,14 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError
 
-from kinesis_lab import procs
-from kinesis_lab.local_firehose.service import Service
+from kinesis_lab.local import procs
+from kinesis_lab.local.firehose.service import Service
 
 LOCK_NAME = "worker.lock"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kinesis_lab.local_firehose", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kinesis_lab.local.firehose", description=__doc__)
     parser.add_argument("--state-dir", required=True, help="folder for checkpoints.json")
     parser.add_argument("--poll-interval", type=float, default=0.2, help="seconds between polls")
     parser.add_argument(

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from kinesis_lab.progress import progress_bar
+from kinesis_lab.cloud.progress import progress_bar
 
 
 @dataclass
@@ -66,7 +66,7 @@ def wait_for_landing(s3, bucket: str, prefix: str, expected_ids: set[str], timeo
     """Poll S3 until every expected event id has landed, or ``timeout`` seconds passed (then return what
     landed: the caller reports what is missing). ``on_progress(found)`` is called after every poll;
     ``progress`` shows a bar (``True``: "event ids in S3", a string: that description) that a saved
-    notebook keeps in its final state (``kinesis_lab.progress``)."""
+    notebook keeps in its final state (``kinesis_lab.cloud.progress``)."""
     if progress:
         desc = progress if isinstance(progress, str) else "event ids in S3"
         with progress_bar(len(expected_ids), desc, unit="rec") as bar:

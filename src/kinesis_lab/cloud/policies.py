@@ -17,7 +17,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from kinesis_lab.config import find_home
+from kinesis_lab.cloud.config import find_home
 
 POLICY_DIR = find_home() / "aws-policy"
 
@@ -79,7 +79,7 @@ def render_policy(name: str, **values: Any) -> dict:
 
 
 def firehose_values(session=None, **values: Any) -> dict:
-    """Placeholder values for the Firehose role, from a ``LabSession`` (``aws.connect``) and/or keywords
+    """Placeholder values for the Firehose role, from a ``LabSession`` (``targets.connect``) and/or keywords
     (keywords win): partition, account_id, region, bucket, stream_name, log_group, log_stream."""
     filled: dict[str, Any] = {"log_stream": FIREHOSE_LOG_STREAM, "partition": "aws"}
     if session is not None:
@@ -144,7 +144,7 @@ def role_arn(account_id: str, role_name: str, partition: str = "aws") -> str:
 def learner_values(session=None, **values: Any) -> dict:
     """Placeholder values for the learner's own policy: the lab's names, the account, region and partition,
     and the fixed start of the Firehose prefix and error prefix (the only places the learner may delete)."""
-    from kinesis_lab.prefixes import static_prefix
+    from kinesis_lab.cloud.prefixes import static_prefix
 
     filled: dict[str, Any] = {"partition": "aws"}
     if session is not None:
@@ -279,17 +279,18 @@ def _statements(policy: dict) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m kinesis_lab.policies firehose|uc trust|permissions [--external-id ID]`` or
-    ``python -m kinesis_lab.policies learner [--account-id ID]`` or ``python -m kinesis_lab.policies bucket tls``:
+    """``python -m kinesis_lab.cloud.policies firehose|uc trust|permissions [--external-id ID]`` or
+    ``python -m kinesis_lab.cloud.policies learner [--account-id ID]`` or ``python -m kinesis_lab.cloud.policies bucket tls``:
     print a policy rendered for the current
     target and account (or the account given: nothing is called), to use with the AWS CLI
     (``file://policy.json``)."""
     import argparse
 
-    from kinesis_lab.aws import LabSession, connect
-    from kinesis_lab.config import load_config
+    from kinesis_lab import connect
+    from kinesis_lab.cloud.aws import LabSession
+    from kinesis_lab.cloud.config import load_config
 
-    parser = argparse.ArgumentParser(prog="python -m kinesis_lab.policies", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kinesis_lab.cloud.policies", description=main.__doc__)
     parser.add_argument("role", choices=["firehose", "uc", "learner", "bucket"])
     parser.add_argument("kind", nargs="?", default="permissions",
                         choices=["trust", "permissions", "bootstrap_trust", "file_events", "tls"])

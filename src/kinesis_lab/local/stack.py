@@ -24,12 +24,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from kinesis_lab import procs
-from kinesis_lab.moto_server import HEALTH_PATH
+from kinesis_lab.local import procs
+from kinesis_lab.local.moto_server import HEALTH_PATH
 
 HOST = "127.0.0.1"
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-MOTO_MODULE, FIREHOSE_MODULE = "kinesis_lab.moto_server", "kinesis_lab.local_firehose"
+MOTO_MODULE, FIREHOSE_MODULE = "kinesis_lab.local.moto_server", "kinesis_lab.local.firehose"
 HEALTH_TIMEOUT = 5.0  # seconds per health request; one retry
 LOCK_TIMEOUT = 180.0  # seconds an `up`/`down` waits for another one on the same state folder
 STATE_LOST = "the local AWS state was lost: run notebooks 01–04 again"

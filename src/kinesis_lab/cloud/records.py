@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kinesis_lab.dataset import COLUMNS, header_problems
+from kinesis_lab.cloud.dataset import COLUMNS, header_problems
 
 MAX_RECORD_BYTES = 1024 * 1024  # data + partition key: the PutRecords limit per record
 RAW_LINE_KEEP_CHARS = 4096  # how much of an oversize line its marker keeps

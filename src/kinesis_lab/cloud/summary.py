@@ -55,7 +55,7 @@ def dataset_of_run(build_dir: Path, requested: str | Path | None = None, produci
     shipped sample. Later notebooks (05-09) check what 04 sent: ``requested=None`` takes it from the run
     summary, and a different ``requested`` file is a :class:`DatasetMismatch`, not a slow delivery.
     """
-    from kinesis_lab.dataset import DatasetError, load_dataset
+    from kinesis_lab.cloud.dataset import DatasetError, load_dataset
 
     run = read_summary(build_dir)
     recorded = run.get("dataset_path")
@@ -78,7 +78,7 @@ def dataset_of_run(build_dir: Path, requested: str | Path | None = None, produci
 
 def update_summary(build_dir: Path, **figures) -> dict:
     """Merge ``figures`` into the run summary (atomic write) and return the whole summary."""
-    from kinesis_lab.local_pipeline import writable_folder
+    from kinesis_lab.local.pipeline import writable_folder
 
     path = summary_path(build_dir)
     writable_folder(path.parent, build_dir)

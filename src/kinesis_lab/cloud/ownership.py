@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from kinesis_lab.aws import error_code
+from kinesis_lab.cloud.aws import error_code
 
 ABSENT, OURS, NOT_OURS = "absent", "the lab's", "not the lab's"
 

@@ -26,11 +26,11 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from kinesis_lab import prefixes as expressions
-from kinesis_lab.aws import error_code
-from kinesis_lab.firehose_config import validate_delivery_config
-from kinesis_lab.local_firehose.checkpoints import CheckpointStore, stream_key
-from kinesis_lab.local_firehose.delivery import (
+from kinesis_lab.cloud import prefixes as expressions
+from kinesis_lab.cloud.aws import error_code
+from kinesis_lab.cloud.firehose_config import validate_delivery_config
+from kinesis_lab.local.firehose.checkpoints import CheckpointStore, stream_key
+from kinesis_lab.local.firehose.delivery import (
     Buffer,
     DeliverySettings,
     KinesisRecord,

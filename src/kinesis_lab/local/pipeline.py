@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from kinesis_lab import procs
-from kinesis_lab.config import LAYER_SCHEMAS, schema_of
+from kinesis_lab.cloud.config import LAYER_SCHEMAS, schema_of
+from kinesis_lab.local import procs
 
 SPEC_NAME = "spark-pipeline.yml"
 BRONZE_TABLE = "bronze_events"
@@ -120,7 +120,7 @@ def bucket_source(s3_client, bucket: str) -> dict:
     local stack, the id of the moto server holding it (new with every local stack)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from kinesis_lab import stack
+    from kinesis_lab.local import stack
 
     source: dict = {"bucket": bucket, "created": None, "stack_id": None}
     with contextlib.suppress(ClientError, BotoCoreError):  # e.g. no s3:ListAllMyBuckets on AWS
@@ -333,7 +333,7 @@ def render_spec(pipeline_dir: str | Path, *, build_dir: str | Path, configuratio
     spec.setdefault("database", LAYER_SCHEMAS[0])
     spec["configuration"] = {**spec.get("configuration", {}), **configuration}
     spec_path = lakehouse / SPEC_NAME
-    header = "# Rendered by kinesis_lab.local_pipeline.render_spec from the committed spec: do not edit.\n"
+    header = "# Rendered by kinesis_lab.local.pipeline.render_spec from the committed spec: do not edit.\n"
     spec_path.write_text(header + yaml.safe_dump(spec, sort_keys=False))
     return spec_path
 

@@ -1,19 +1,19 @@
-"""Send a CSV file to a Kinesis data stream: one JSON record per line (``kinesis_lab.records``).
+"""Send a CSV file to a Kinesis data stream: one JSON record per line (``kinesis_lab.cloud.records``).
 
 What it does differently from the original course's producer (iterrows, batches of 100, a 0.1 s sleep
 per batch, random partition keys, failed entries never resent):
 
 - streams the file: memory stays flat whatever the file size; a line that cannot be parsed travels as a
-  marker record (see ``kinesis_lab.records``), so nothing is lost;
+  marker record (see ``kinesis_lab.cloud.records``), so nothing is lost;
 - calls respect the PutRecords limits (500 records, 5 MiB with partition keys, 1 MiB per record):
-  ``kinesis_lab.batching.CallBuilder``;
+  ``kinesis_lab.cloud.batching.CallBuilder``;
 - only failed entries are resent, merged into the next calls (oldest failure first) until all are
   delivered, or a ``DeliveryError`` says which were not (a record still failing ``max_retry_seconds``
   after its first failure). A call in which nothing got through (a throttled call, every entry
   throttled) is followed by an exponential backoff with full jitter; once throttling shows up, the
   send rate adapts to what the stream accepts (``_SendRate``), so its capacity is used, not wasted.
 
-To watch the retries without a busy stream, wrap the call in ``kinesis_lab.throttling.simulate_throttling``
+To watch the retries without a busy stream, wrap the call in ``kinesis_lab.local.throttling.simulate_throttling``
 (a local stand-in: this module does not use it).
 """
 
@@ -31,9 +31,9 @@ from pathlib import Path
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
-from kinesis_lab.batching import MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, CallBuilder
-from kinesis_lab.progress import progress_bar
-from kinesis_lab.records import Record, RecordReader
+from kinesis_lab.cloud.batching import MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, CallBuilder
+from kinesis_lab.cloud.progress import progress_bar
+from kinesis_lab.cloud.records import Record, RecordReader
 
 BACKOFF_BASE_SECONDS = 0.05
 BACKOFF_CAP_SECONDS = 2.0

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 
-from kinesis_lab import prefixes as expressions
-from kinesis_lab.aws import error_code, error_message
+from kinesis_lab.cloud import prefixes as expressions
+from kinesis_lab.cloud.aws import error_code, error_message
 
 MAX_PREFIX_LENGTH = 1024
 SIZE_RANGE = (1, 128)  # BufferingHints.SizeInMBs

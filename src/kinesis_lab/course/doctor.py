@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from kinesis_lab import stack
+from kinesis_lab.local import stack
 
 MIN_PYTHON = (3, 11)
 MIN_JAVA = 17

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 from botocore.awsrequest import AWSResponse
 
-from kinesis_lab.producer import THROTTLED
-from kinesis_lab.records import MAX_RECORD_BYTES
+from kinesis_lab.cloud.producer import THROTTLED
+from kinesis_lab.cloud.records import MAX_RECORD_BYTES
 
 
 class _RawBody:

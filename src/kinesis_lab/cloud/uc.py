@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kinesis_lab import ownership, policies
-from kinesis_lab.aws import error_code
-from kinesis_lab.config import find_home
+from kinesis_lab.cloud import ownership, policies
+from kinesis_lab.cloud.aws import error_code
+from kinesis_lab.cloud.config import find_home
 
 SQL_DIR = find_home() / "databricks" / "sql"
 UC_PERMISSIONS_POLICY_NAME = policies.UC_PERMISSIONS_POLICY_NAME

@@ -1,0 +1,96 @@
+"""The package is laid out by role, and its imports run one way: course tooling -> local stand-ins ->
+code that runs on a real account (cloud), never back; no import cycle; modules and functions stay small."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "kinesis_lab"
+WINGS = ("cloud", "local", "course")  # in the order imports may go: a wing imports only itself and those before
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 80
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def wing(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in WINGS else None
+
+
+def imports_of(path: Path, module: str) -> set[str]:
+    """Every kinesis_lab module this file imports, at any depth (inside functions too)."""
+    found = set()
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    known = modules()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("kinesis_lab")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if not base.startswith("kinesis_lab"):
+                continue
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                found.add(candidate if candidate in known else base)
+    return found
+
+
+def test_every_module_belongs_to_a_wing():
+    loose = [m for m in modules() if m != "kinesis_lab" and wing(m) is None]
+    assert loose == [], "modules outside cloud/, local/ and course/"
+
+
+@pytest.mark.parametrize("module", [m for m in modules() if wing(m)])
+def test_imports_run_from_tooling_to_stand_ins_to_real_account_code(module):
+    allowed = WINGS[: WINGS.index(wing(module)) + 1]
+    wrong = sorted(i for i in imports_of(modules()[module], module)
+                   if i != "kinesis_lab" and (wing(i) not in allowed))
+    assert wrong == [], f"{module} ({wing(module)}) imports {wrong}"
+
+
+def test_no_import_cycle():
+    graph = {m: {i for i in imports_of(p, m) if i in modules() and i != m} for m, p in modules().items()}
+    # the package itself only re-exports (lazily for connect): leave it out
+    graph = {m: {i for i in deps if i != "kinesis_lab"} for m, deps in graph.items() if m != "kinesis_lab"}
+    state: dict[str, int] = {}
+    cycle: list[str] = []
+
+    def visit(node: str, path: list[str]) -> bool:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle.extend(path[path.index(nxt):] + [node, nxt] if nxt in path else [node, nxt])
+                return True
+            if nxt not in state and visit(nxt, [*path, node]):
+                return True
+        state[node] = 2
+        return False
+
+    for module in sorted(graph):
+        if module not in state and visit(module, []):
+            break
+    assert cycle == []
+
+
+@pytest.mark.parametrize("module", list(modules()))
+def test_modules_and_functions_stay_small(module):
+    path = modules()[module]
+    source = path.read_text(encoding="utf-8")
+    assert source.count("\n") <= MAX_MODULE_LINES
+    long = [f"{node.name}: {node.end_lineno - node.lineno + 1} lines" for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert long == []
