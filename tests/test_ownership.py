@@ -9,7 +9,7 @@ import os
 import boto3
 import pytest
 
-from kinesis_lab.cloud import aws, ownership, policies
+from kinesis_lab.cloud import ownership, policies
 from kinesis_lab.cloud.config import load_config
 from kinesis_lab.local import targets
 
