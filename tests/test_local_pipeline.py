@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from waiting import DEADLINE, wait_until
 
+from kinesis_lab.cloud.prefixes import static_folder
 from kinesis_lab.local import pipeline as lp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +42,8 @@ DAY = "bronze/ingestion_date=2026/11/26/"
         ("", ""),
     ],
 )
-def test_static_prefix(prefix, expected):
-    assert lp.static_prefix(prefix) == expected
+def test_static_folder(prefix, expected):
+    assert static_folder(prefix) == expected
 
 
 def test_settings_split_between_spec_and_server_start(tmp_path):

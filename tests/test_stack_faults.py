@@ -377,7 +377,7 @@ def test_concurrent_up_and_down_leave_no_orphan(state_dir):
 
 # --- 6. a build folder the lab cannot write to ------------------------------------------------------
 def one_line_error(call) -> str:
-    with pytest.raises(lp.PipelineError) as err:
+    with pytest.raises(lp.BuildFolderError) as err:
         call()
     message = str(err.value)
     assert "\n" not in message and err.value.__cause__ is None and err.value.__suppress_context__
@@ -418,7 +418,7 @@ def test_a_build_folder_without_write_permission_is_a_one_line_message(tmp_path)
         "import sys; from kinesis_lab.local import pipeline as lp\n"
         "try:\n"
         f"    lp.run_pipeline({str(REPO / 'databricks' / 'pipeline')!r}, source_path='/', build_dir={str(build)!r})\n"
-        "except lp.PipelineError as exc:\n"
+        "except lp.BuildFolderError as exc:\n"
         "    print(exc)\n"
     )
     if os.geteuid() == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -63,6 +64,10 @@ def qualified_name(catalog: str, table: str) -> str:
 
 class ConfigError(ValueError):
     """A setting has a value the lab cannot use; the message says how to fix it."""
+
+
+class BuildFolderError(RuntimeError):
+    """The build folder (or a folder in it) cannot be written: a one-line message naming it."""
 
 
 def find_home(start: Path | None = None) -> Path:
@@ -230,3 +235,23 @@ def child_environment(cfg: LabConfig):
                 os.environ.pop(env, None)
             else:
                 os.environ[env] = value
+
+
+def writable_folder(folder: str | Path, name: str | Path | None = None) -> Path:
+    """Create ``folder`` if needed and check a file can be written in it; else BuildFolderError
+    naming ``name`` (default: the folder)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise unwritable(name or folder, exc) from None
+    return folder
+
+
+def unwritable(folder: str | Path, exc: OSError) -> BuildFolderError:
+    return BuildFolderError(
+        f"cannot write to the build folder {folder} ({exc.strerror or type(exc).__name__}): "
+        "make it writable, or set LAB_BUILD_DIR to a folder you can write to"
+    )

@@ -40,8 +40,16 @@ JAVA_RESERVED = set("[]#{}")
 
 
 def static_prefix(prefix: str) -> str:
-    """The part of a Firehose prefix before its first ``!{...}`` expression: what to list in S3."""
+    """The part of a Firehose prefix before its first ``!{...}`` expression: what to list in S3
+    (``bronze/ingestion_date=!{timestamp:yyyy/MM/dd}/`` -> ``bronze/ingestion_date=``)."""
     return prefix.split("!{", 1)[0]
+
+
+def static_folder(prefix: str) -> str:
+    """The folder that holds everything under ``prefix``: ``static_prefix`` up to its last ``/``
+    (``bronze/ingestion_date=!{...}/`` -> ``bronze/``)."""
+    head = static_prefix(prefix)
+    return head[: head.rfind("/") + 1]
 
 
 class ExpressionError(ValueError):

@@ -78,7 +78,7 @@ def dataset_of_run(build_dir: Path, requested: str | Path | None = None, produci
 
 def update_summary(build_dir: Path, **figures) -> dict:
     """Merge ``figures`` into the run summary (atomic write) and return the whole summary."""
-    from kinesis_lab.local.pipeline import writable_folder
+    from kinesis_lab.cloud.config import writable_folder
 
     path = summary_path(build_dir)
     writable_folder(path.parent, build_dir)

@@ -12,10 +12,9 @@ from pathlib import Path
 
 from kinesis_lab import connect
 from kinesis_lab.cloud.aws import CostOptInRequired
-from kinesis_lab.cloud.config import ConfigError, load_config
+from kinesis_lab.cloud.config import BuildFolderError, ConfigError, load_config
 from kinesis_lab.course import doctor
 from kinesis_lab.local import stack
-from kinesis_lab.local.pipeline import BuildFolderError
 
 
 class CliError(Exception):

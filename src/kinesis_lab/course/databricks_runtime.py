@@ -58,11 +58,11 @@ def table_reader(cfg: LabConfig, spark=None) -> Callable[[str], object]:
 
 def landing_url(cfg: LabConfig, bucket: str | None) -> str:
     """Where the pipeline reads (its ``lab.source_path``): ``s3://<bucket>/<static Firehose prefix>``."""
-    from kinesis_lab.local.pipeline import static_prefix
+    from kinesis_lab.cloud.prefixes import static_folder
 
     if not bucket:
         raise ValueError("set the widget `bucket` to the landing bucket (jm-demo-s3-lab-<account>-<region>)")
-    return f"s3://{bucket}/{static_prefix(cfg.s3_prefix)}"
+    return f"s3://{bucket}/{static_folder(cfg.s3_prefix)}"
 
 
 def reconcile_landing(spark, source_path: str, catalog: str) -> tuple[dict[str, int], list[str]]:

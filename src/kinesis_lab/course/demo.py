@@ -8,10 +8,10 @@ import shutil
 import time
 from pathlib import Path
 
-from kinesis_lab.cloud.config import LabConfig, child_environment, load_config
+from kinesis_lab.cloud.config import LabConfig, child_environment, load_config, writable_folder
 from kinesis_lab.cloud.summary import read_summary, reconciliation_problems, summary_path
 from kinesis_lab.local import stack
-from kinesis_lab.local.pipeline import stop_pipeline_server, writable_folder
+from kinesis_lab.local.pipeline import stop_pipeline_server
 
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_.+\.ipynb$")
 DATASET_CHOOSERS = ("00", "04")  # the notebooks given --dataset; the others read it from the run summary

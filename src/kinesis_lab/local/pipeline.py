@@ -35,7 +35,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -43,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from kinesis_lab.cloud.config import LAYER_SCHEMAS, schema_of
+from kinesis_lab.cloud.config import LAYER_SCHEMAS, BuildFolderError, schema_of, unwritable, writable_folder  # noqa: F401
+from kinesis_lab.cloud.prefixes import static_folder
 from kinesis_lab.local import procs
 
 SPEC_NAME = "spark-pipeline.yml"
@@ -67,10 +67,6 @@ class PipelineError(RuntimeError):
     """The local pipeline run failed; the message carries the end of its log."""
 
 
-class BuildFolderError(PipelineError):
-    """The build folder (or a folder in it) cannot be written: a one-line message naming it."""
-
-
 # --- the "external location": a local mirror of the Firehose prefix ---------------------------------
 @dataclass(frozen=True)
 class MirrorResult:
@@ -86,33 +82,6 @@ class MirrorResult:
 
 MANIFEST = ".mirror-manifest.json"
 BUILT_FROM = "built-from.json"  # in lakehouse/: the bucket (bucket_source) of the last successful run
-
-
-def static_prefix(prefix: str) -> str:
-    """The part of a Firehose prefix before its first expression:
-    ``bronze/ingestion_date=!{timestamp:yyyy/MM/dd}/`` -> ``bronze/``."""
-    head = prefix.split("!{", 1)[0]
-    return head if head.endswith("/") or not head else head[: head.rfind("/") + 1]
-
-
-def writable_folder(folder: str | Path, name: str | Path | None = None) -> Path:
-    """Create ``folder`` if needed and check a file can be written in it; else BuildFolderError
-    naming ``name`` (default: the folder)."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise _unwritable(name or folder, exc) from None
-    return folder
-
-
-def _unwritable(folder: str | Path, exc: OSError) -> BuildFolderError:
-    return BuildFolderError(
-        f"cannot write to the build folder {folder} ({exc.strerror or type(exc).__name__}): "
-        "make it writable, or set LAB_BUILD_DIR to a folder you can write to"
-    )
 
 
 def bucket_source(s3_client, bucket: str) -> dict:
@@ -185,7 +154,7 @@ def mirror_s3_prefix(
             echo(f"the mirror held {emptied} objects of an earlier bucket or local stack: deleted them first")
         previous = {"source": source, "objects": {}}
     manifest = previous["objects"]
-    list_prefix = static_prefix(prefix)
+    list_prefix = static_folder(prefix)
     new_keys: list[str] = []
     total_objects = total_bytes = new_bytes = 0
     for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=list_prefix):
@@ -398,7 +367,7 @@ def build_lock(build_dir: str | Path):
     try:
         handle = open(lock_path, "w")
     except OSError as exc:
-        raise _unwritable(build_dir, exc) from None
+        raise unwritable(build_dir, exc) from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
