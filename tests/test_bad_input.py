@@ -299,7 +299,7 @@ def pipeline_run(tmp_path_factory, pipeline_builds):
 def test_every_line_case_ends_in_silver_or_quarantine_with_its_rule(pipeline_run):
     base, csvs, run = pipeline_run
     print(f"pipeline run: {run.duration_s:.1f} s")
-    ledger = build_ledger(csvs["lines.csv"], build_dir=base / "build")
+    ledger = build_ledger(csvs["lines.csv"], tables=lp.table_reader(base / "build"))
     assert ledger.ok, ledger.table()
     got = {f.line: (f.fate, f.rules) for f in ledger.lines}
     expected = {
@@ -337,10 +337,10 @@ def test_header_variants_give_the_same_row(pipeline_run):
     values = silver.loc[silver["event_id"] == ids["bom_crlf.csv"][0], list(COLUMNS)]
     assert list(values.itertuples(index=False, name=None)) == [
         ("World", "WORLD", "Global", 2020, 9.6, 160.0, "Total", "5-17 years")]
-    latin1 = build_ledger(csvs["latin1_export.csv"], build_dir=base / "build")
+    latin1 = build_ledger(csvs["latin1_export.csv"], tables=lp.table_reader(base / "build"))
     assert [(f.line, f.fate) for f in latin1.lines] == [(2, "silver"), (3, "quarantine (record_parsed)")]
     for name in ("bom_crlf.csv", "reordered.csv", "no_final_newline.csv"):
-        assert build_ledger(csvs[name], build_dir=base / "build").ok, name
+        assert build_ledger(csvs[name], tables=lp.table_reader(base / "build")).ok, name
 
 
 # --- a 1 GB file: read in bounded memory -------------------------------------------------------------

@@ -67,7 +67,7 @@ class Lab:
             s3=self.client("s3"),
             bucket=BUCKET,
             prefix=PREFIX,
-            build_dir=self.build_dir,
+            tables=lp.table_reader(self.build_dir),
         )
 
 

@@ -16,6 +16,8 @@ from kinesis_lab.cloud.dataset import COLUMNS, SAMPLE_PATH
 from kinesis_lab.cloud.producer import produce_file
 from kinesis_lab.cloud.records import iter_records, scan_file
 from kinesis_lab.cloud.summary import read_summary, reconciliation_problems
+from kinesis_lab.course import cli
+from kinesis_lab.local import pipeline as lp
 
 HEADER = ",".join(COLUMNS)
 GOOD = "World,WORLD,Global,2020,9.6,160.00,Total,5-17 years"
@@ -149,7 +151,7 @@ def test_ledger_reads_every_shard_and_names_the_lost_line(produced, tmp_path):
         s3=s3,
         bucket=BUCKET,
         prefix=PREFIX,
-        build_dir=tmp_path / "no-pipeline-yet",
+        tables=lp.table_reader(tmp_path / "no-pipeline-yet"),
     )
     assert [(f.line, f.fate) for f in ledger.missing] == [(302, "missing at s3")]
     assert ledger.duplicated == []  # two copies in S3 is not a duplicate in silver
@@ -189,7 +191,7 @@ def lab_env(local_stack, local_stack_dir, tmp_path, monkeypatch):
 
 def test_reconcile_command_prints_the_table_writes_the_summary_and_fails_on_a_loss(produced, lab_env):
     printed: list[str] = []
-    assert lg.run_reconcile(dataset=str(SAMPLE_PATH), out=printed.append) == 1
+    assert cli.run_reconcile(dataset=str(SAMPLE_PATH), out=printed.append) == 1
     text = printed[0]
     assert text.startswith("ledger of child_labor_statistics_sample.csv (540 data lines, 540 sent; sha256 ")
     assert "MISSING: 1 line(s): line 302 (missing at s3)" in text
@@ -207,7 +209,7 @@ def test_reconcile_command_prints_the_table_writes_the_summary_and_fails_on_a_lo
         Body=next(r.data for r in iter_records(SAMPLE_PATH) if r.line == 302),
     )  # the late delivery arrives
     printed.clear()
-    assert lg.run_reconcile(dataset=str(SAMPLE_PATH), as_json=True, out=printed.append) == 0
+    assert cli.run_reconcile(dataset=str(SAMPLE_PATH), as_json=True, out=printed.append) == 0
     figures = json.loads(printed[0])
     assert figures["ledger_missing"] == 0 and figures["fates"] == {"in s3 (later hops not checked)": 540}
     assert read_summary(lab_env)["ledger_missing"] == 0
@@ -216,14 +218,14 @@ def test_reconcile_command_prints_the_table_writes_the_summary_and_fails_on_a_lo
 def test_reconcile_command_errors(lab_env, tmp_path, monkeypatch, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text(HEADER.replace(",Gender", "") + "\n" + GOOD + "\n")
-    assert lg.run_reconcile(dataset=str(bad), out=print) == 2
+    assert cli.run_reconcile(dataset=str(bad), out=print) == 2
     assert capsys.readouterr().err.startswith(
         "kinesis-lab: error: bad.csv: the header does not match the course's columns: missing column(s): Gender."
     )
-    assert lg.run_reconcile(dataset=str(tmp_path / "nope.csv")) == 2
+    assert cli.run_reconcile(dataset=str(tmp_path / "nope.csv")) == 2
     assert "dataset file not found" in capsys.readouterr().err
     monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path / "no-stack-here"))  # stack not running, no tables
-    assert lg.run_reconcile(dataset=str(SAMPLE_PATH)) == 2
+    assert cli.run_reconcile(dataset=str(SAMPLE_PATH)) == 2
     assert capsys.readouterr().err.strip() == (
         "kinesis-lab: error: nothing to check: no stream, no bucket and no pipeline tables "
         "(run the series first, or start the local stack)"

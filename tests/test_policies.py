@@ -451,7 +451,7 @@ def test_learner_values_come_from_a_lab_session():
 
 
 def test_learner_policy_is_printed_for_an_account_without_calling_aws(capsys, monkeypatch):
-    monkeypatch.setattr("kinesis_lab.local.targets.connect", lambda *a, **k: pytest.fail("no AWS call needed"))
+    monkeypatch.setattr("kinesis_lab.cloud.aws.connect_account", lambda *a, **k: pytest.fail("no AWS call needed"))
     for var in ("LAB_BUCKET", "LAB_REGION", "AWS_REGION", "AWS_DEFAULT_REGION", "LAB_STREAM_NAME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")

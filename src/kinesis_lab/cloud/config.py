@@ -47,6 +47,7 @@ DEFAULT_AWS_BUFFER_INTERVAL = 60  # the original course's value
 # starts with its layer (bronze_events -> bronze). On Databricks the catalog tells the bundle's targets
 # apart (dev: kinesis_lab, prod: kinesis_lab_prod); locally it is Spark's session catalog.
 LAYER_SCHEMAS = ("bronze", "silver", "gold")
+BRONZE_TABLE, SILVER_TABLE, QUARANTINE_TABLE = "bronze_events", "silver_events", "silver_quarantine"
 
 
 def schema_of(table: str) -> str:

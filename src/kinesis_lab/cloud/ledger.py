@@ -17,14 +17,19 @@ trimmed from the stream (older than its retention period), not lost.
 
 from __future__ import annotations
 
-import json
-import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from botocore.exceptions import ClientError
+from kinesis_lab.cloud.hops import (
+    HopData,
+    TableReader,
+    read_s3,
+    read_stream,
+    read_tables,
+    stream_retention_hours,
+)
 
 HOPS = ("csv", "kinesis", "s3", "bronze", "silver")
 HOP_TITLES = {
@@ -38,23 +43,6 @@ BLANK = "blank line (nothing to send)"
 CONTINUATION = "continuation"  # a further line of a record whose quoted field spans lines
 CONTINUED = "part of the record above (a quoted field spans lines)"
 NOT_SENT = ("blank", CONTINUATION)  # lines with no record of their own
-_STREAM_GONE = {"ResourceNotFoundException"}
-_BUCKET_GONE = {"NoSuchBucket", "404"}
-_READ_RETRY = {"ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException"}
-
-
-@dataclass
-class HopData:
-    """What one hop holds: event id -> copies, plus records/lines it holds without a usable event id."""
-
-    name: str
-    ids: Counter | None = None  # None: the hop was not checked
-    no_id: int = 0
-    note: str = ""
-
-    @property
-    def checked(self) -> bool:
-        return self.ids is not None
 
 
 @dataclass
@@ -243,128 +231,6 @@ class Ledger:
         )
 
 
-# --- reading the hops -------------------------------------------------------------------------------
-def _event_id(data: bytes | str) -> str | None:
-    try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    event_id = value.get("event_id") if isinstance(value, dict) else None
-    return event_id if isinstance(event_id, str) and event_id else None
-
-
-def _code(exc: ClientError) -> str:
-    return exc.response.get("Error", {}).get("Code", "")
-
-
-def _call(fn, *, tries: int = 8, **kwargs):
-    """A read call, retried with backoff while throttled (GetRecords: 5 calls/s per shard on AWS)."""
-    for attempt in range(tries):
-        try:
-            return fn(**kwargs)
-        except ClientError as exc:
-            if _code(exc) not in _READ_RETRY or attempt == tries - 1:
-                raise
-            time.sleep(min(2.0, 0.2 * 2**attempt))
-    raise AssertionError("unreachable")
-
-
-def read_stream(kinesis, stream_name: str) -> HopData:
-    """Every record of every shard of the stream (by StreamName, from TRIM_HORIZON), counted by event id.
-    A stream that does not exist gives an unchecked hop with a note."""
-    hop = HopData("kinesis", Counter())
-    try:
-        shards, kwargs = [], {"StreamName": stream_name}
-        while True:
-            page = _call(kinesis.list_shards, **kwargs)
-            shards += [s["ShardId"] for s in page.get("Shards", [])]
-            if not page.get("NextToken"):
-                break
-            kwargs = {"NextToken": page["NextToken"]}
-        for shard_id in shards:
-            iterator = _call(
-                kinesis.get_shard_iterator,
-                StreamName=stream_name,
-                ShardId=shard_id,
-                ShardIteratorType="TRIM_HORIZON",
-            )["ShardIterator"]
-            while iterator:
-                page = _call(kinesis.get_records, ShardIterator=iterator, Limit=10000)
-                for record in page.get("Records", []):
-                    event_id = _event_id(record["Data"])
-                    if event_id is None:
-                        hop.no_id += 1
-                    else:
-                        hop.ids[event_id] += 1
-                iterator = page.get("NextShardIterator")
-                # an empty page at the tip of an open shard: the end (AWS may return empty pages
-                # while still behind the tip; MillisBehindLatest says so)
-                if not page.get("Records") and not page.get("MillisBehindLatest"):
-                    break
-    except ClientError as exc:
-        if _code(exc) not in _STREAM_GONE:
-            raise
-        return HopData("kinesis", None, note=f"stream {stream_name!r} does not exist (deleted by teardown?)")
-    return hop
-
-
-def stream_retention_hours(kinesis, stream_name: str) -> int | None:
-    try:
-        summary = kinesis.describe_stream_summary(StreamName=stream_name)["StreamDescriptionSummary"]
-    except ClientError:
-        return None
-    return summary.get("RetentionPeriodHours")
-
-
-def read_s3(s3, bucket: str, prefix: str) -> HopData:
-    """The event ids of every JSON line under the static part of ``prefix`` (see landing.read_landing)."""
-    from kinesis_lab.cloud.landing import read_landing
-    from kinesis_lab.cloud.prefixes import static_prefix
-
-    try:
-        landing = read_landing(s3, bucket, static_prefix(prefix))
-    except ClientError as exc:
-        if _code(exc) not in _BUCKET_GONE:
-            raise
-        return HopData("s3", None, note=f"bucket {bucket!r} does not exist (deleted by teardown?)")
-    return HopData(
-        "s3",
-        Counter(landing.event_ids),
-        no_id=landing.unparsed_lines,
-        note=f"{len(landing.objects)} objects under s3://{bucket}/{static_prefix(prefix)}",
-    )
-
-
-def read_tables(build_dir: str | Path) -> tuple[HopData, HopData, dict, dict]:
-    """(bronze hop, silver hop, event id -> rows in silver_events, event id -> [rules of each quarantine
-    row]) from the local pipeline's tables; unchecked hops if the pipeline has not made them yet."""
-    from kinesis_lab.local import pipeline as lp
-
-    paths = lp.table_paths(build_dir)
-    bronze = HopData("bronze", None, note="no bronze_events table yet: run the pipeline (notebook 07)")
-    silver = HopData("silver", None, note="no silver tables yet: run the pipeline (notebook 07/08)")
-    in_silver: Counter = Counter()
-    quarantined: dict[str, list[tuple[str, ...]]] = {}
-    if lp.BRONZE_TABLE in paths:
-        frame = lp.read_table(build_dir, lp.BRONZE_TABLE, ["event_id", "_parse_ok"])
-        parsed = frame["_parse_ok"].fillna(False).astype(bool) & frame["event_id"].notna()
-        bronze = HopData("bronze", Counter(frame.loc[parsed, "event_id"]), no_id=int((~parsed).sum()))
-    if lp.SILVER_TABLE in paths and lp.QUARANTINE_TABLE in paths:
-        ids = lp.read_table(build_dir, lp.SILVER_TABLE, ["event_id"])["event_id"]
-        in_silver.update(ids.dropna())
-        no_id = int(ids.isna().sum())
-        quarantine = lp.read_table(build_dir, lp.QUARANTINE_TABLE, ["event_id", "broken_rules"])
-        for event_id, rules in zip(quarantine["event_id"], quarantine["broken_rules"], strict=True):
-            if event_id is None or event_id != event_id:  # None or NaN
-                no_id += 1
-                continue
-            quarantined.setdefault(event_id, []).append(tuple(rules) if rules is not None else ())
-        total = Counter(in_silver)
-        total.update({k: len(v) for k, v in quarantined.items()})
-        silver = HopData("silver", total, no_id=no_id)
-    return bronze, silver, dict(in_silver), quarantined
-
-
 # --- building it -------------------------------------------------------------------------------------
 def csv_lines(csv_path: str | Path) -> tuple[str, str, list[tuple[int, str, str]]]:
     """(file name, sha256, [(line, event_id, kind)] for every data line): a record's first line carries its
@@ -445,13 +311,13 @@ def build_ledger(
     s3=None,
     bucket: str | None = None,
     prefix: str | None = None,
-    build_dir: str | Path | None = None,
+    tables: TableReader | None = None,
 ) -> Ledger:
     """The ledger of ``csv_path``: every data line's event id and fate at each hop.
 
     ``kinesis`` + ``stream_name``: read the stream (skipped if None or the stream is gone); ``s3`` +
-    ``bucket`` + ``prefix`` (the Firehose prefix, expressions allowed): the landing objects; ``build_dir``:
-    the local pipeline's tables (bronze, silver, quarantine). Raises ``producer.HeaderError`` if the CSV
+    ``bucket`` + ``prefix`` (the Firehose prefix, expressions allowed): the landing objects; ``tables``:
+    a reader of the pipeline's tables (bronze, silver, quarantine): ``read(name, columns)``. Raises ``producer.HeaderError`` if the CSV
     does not have the course's columns."""
     source_file, sha, lines = csv_lines(csv_path)
     hops: dict[str, HopData] = {}
@@ -465,89 +331,14 @@ def build_ledger(
         hops["s3"] = HopData("s3", None, note="no S3 client given")
     in_silver: dict = {}
     quarantined: dict = {}
-    if build_dir is not None:
-        hops["bronze"], hops["silver"], in_silver, quarantined = read_tables(build_dir)
+    if tables is not None:
+        hops["bronze"], hops["silver"], in_silver, quarantined = read_tables(tables)
     else:
-        hops["bronze"] = HopData("bronze", None, note="no build folder given")
-        hops["silver"] = HopData("silver", None, note="no build folder given")
+        hops["bronze"] = HopData("bronze", None, note="no pipeline tables given")
+        hops["silver"] = HopData("silver", None, note="no pipeline tables given")
     ledger = assemble(source_file, sha, lines, hops, in_silver, quarantined)
     if any("trimmed" in n for n in ledger.notes) and kinesis is not None:
         hours = stream_retention_hours(kinesis, stream_name)
         if hours:
             ledger.notes.append(f"the stream keeps records for {hours} h")
     return ledger
-
-
-# --- `kinesis-lab reconcile` -------------------------------------------------------------------------
-def run_reconcile(
-    *,
-    target: str | None = None,
-    dataset: str | None = None,
-    as_json: bool = False,
-    write_summary: bool = True,
-    out=print,
-) -> int:
-    """``kinesis-lab reconcile``: build the ledger of the configured lab, print it, add its figures to
-    build/run-summary.json. 0: every line accounted for; 1: a line is missing or duplicated in silver;
-    2: the ledger cannot be built (bad dataset, nothing to check)."""
-    import sys
-
-    import boto3
-
-    from kinesis_lab.cloud.config import load_config
-    from kinesis_lab.cloud.dataset import DatasetError
-    from kinesis_lab.cloud.records import HeaderError
-    from kinesis_lab.cloud.summary import DatasetMismatch, dataset_of_run, update_summary
-    from kinesis_lab.local import stack, targets
-
-    cfg = load_config(target=target)
-
-    def fail(message: str) -> int:
-        print(f"kinesis-lab: error: {message}", file=sys.stderr)
-        return 2
-
-    try:
-        csv_path = dataset_of_run(cfg.build_dir, dataset)  # default: the CSV notebook 04 sent
-    except (DatasetError, DatasetMismatch) as exc:
-        return fail(str(exc))
-    kinesis = s3 = bucket = None
-    try:
-        # reading creates nothing and costs next to nothing: no cost opt-in needed (as for teardown)
-        session = targets.connect(cfg, start_stack=False, confirm_aws_costs=True)
-    except stack.StackError:
-        session = None
-    if session is not None:
-        kinesis = boto3.client("kinesis", region_name=cfg.region)
-        s3 = boto3.client("s3", region_name=cfg.region)
-        bucket = session.bucket
-    try:
-        ledger = build_ledger(
-            csv_path,
-            kinesis=kinesis,
-            stream_name=cfg.stream_name,
-            s3=s3,
-            bucket=bucket,
-            prefix=cfg.s3_prefix,
-            build_dir=cfg.build_dir,
-        )
-    except (HeaderError, FileNotFoundError) as exc:
-        return fail(str(exc))
-    if session is None:
-        ledger.notes.insert(
-            0,
-            "the local stack is not running: Kinesis and S3 not checked "
-            "(start it with `kinesis-lab up` to check them)",
-        )
-    if not ledger.checked_hops():
-        return fail(
-            "nothing to check: no stream, no bucket and no pipeline tables "
-            "(run the series first, or start the local stack)"
-        )
-    figures = ledger.summary_figures()
-    if write_summary:
-        update_summary(cfg.build_dir, **figures)
-    if as_json:
-        out(json.dumps({**figures, "fates": dict(ledger.fates()), "notes": ledger.notes}, indent=2))
-    else:
-        out(ledger.table())
-    return 0 if ledger.ok else 1

@@ -78,20 +78,22 @@ def render_policy(name: str, **values: Any) -> dict:
     return json.loads(filled)
 
 
+def _session_values(session, *names: str) -> dict[str, Any]:
+    """What a ``LabSession`` fills in every template (partition, account, region, bucket), plus the named
+    settings of its configuration. Nothing without a session."""
+    if session is None:
+        return {}
+    values = {"partition": session.partition, "account_id": session.account_id, "region": session.cfg.region,
+              "bucket": session.bucket}
+    values.update({name: getattr(session.cfg, name) for name in names})
+    return values
+
+
 def firehose_values(session=None, **values: Any) -> dict:
     """Placeholder values for the Firehose role, from a ``LabSession`` (``targets.connect``) and/or keywords
     (keywords win): partition, account_id, region, bucket, stream_name, log_group, log_stream."""
     filled: dict[str, Any] = {"log_stream": FIREHOSE_LOG_STREAM, "partition": "aws"}
-    if session is not None:
-        cfg = session.cfg
-        filled.update(
-            partition=session.partition,
-            account_id=session.account_id,
-            region=cfg.region,
-            bucket=session.bucket,
-            stream_name=cfg.stream_name,
-            log_group=cfg.log_group,
-        )
+    filled.update(_session_values(session, "stream_name", "log_group"))
     filled.update(values)
     return filled
 
@@ -106,14 +108,9 @@ def uc_values(session=None, *, external_id: str | None = None, **values: Any) ->
     """Placeholder values for the Unity Catalog role: account_id, role_name, bucket, region, external_id,
     uc_master_role_arn (default: Databricks' commercial-AWS UC master role), partition."""
     filled: dict[str, Any] = {"uc_master_role_arn": UC_MASTER_ROLE_ARN, "partition": "aws"}
+    filled.update(_session_values(session))
     if session is not None:
-        filled.update(
-            partition=session.partition,
-            account_id=session.account_id,
-            role_name=session.cfg.uc_role_name,
-            bucket=session.bucket,
-            region=session.cfg.region,
-        )
+        filled["role_name"] = session.cfg.uc_role_name
     if external_id is not None:
         filled["external_id"] = external_id
     filled.update(values)
@@ -147,21 +144,11 @@ def learner_values(session=None, **values: Any) -> dict:
     from kinesis_lab.cloud.prefixes import static_prefix
 
     filled: dict[str, Any] = {"partition": "aws"}
+    filled.update(_session_values(session, "stream_name", "delivery_stream_name", "firehose_role_name",
+                                  "uc_role_name", "log_group"))
     if session is not None:
-        cfg = session.cfg
-        filled.update(
-            partition=session.partition,
-            account_id=session.account_id,
-            region=cfg.region,
-            bucket=session.bucket,
-            stream_name=cfg.stream_name,
-            delivery_stream_name=cfg.delivery_stream_name,
-            firehose_role_name=cfg.firehose_role_name,
-            uc_role_name=cfg.uc_role_name,
-            log_group=cfg.log_group,
-            landing_prefix=static_prefix(cfg.s3_prefix),
-            error_prefix=static_prefix(cfg.error_prefix),
-        )
+        filled.update(landing_prefix=static_prefix(session.cfg.s3_prefix),
+                      error_prefix=static_prefix(session.cfg.error_prefix))
     filled.update(values)
     return filled
 
@@ -279,15 +266,14 @@ def _statements(policy: dict) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m kinesis_lab.cloud.policies firehose|uc trust|permissions [--external-id ID]`` or
-    ``python -m kinesis_lab.cloud.policies learner [--account-id ID]`` or ``python -m kinesis_lab.cloud.policies bucket tls``:
-    print a policy rendered for the current
-    target and account (or the account given: nothing is called), to use with the AWS CLI
-    (``file://policy.json``)."""
+    """``python -m kinesis_lab.cloud.policies firehose|uc trust|permissions [--external-id ID]``,
+    ``... learner [--account-id ID]`` or ``... bucket tls``: print a policy rendered for the account the
+    AWS credentials belong to (on the local target: load ``.lab/local.env`` first), or for the account given
+    (nothing is called), to use with the AWS CLI (``file://policy.json``)."""
     import argparse
+    import os
 
-    from kinesis_lab import connect
-    from kinesis_lab.cloud.aws import LabSession
+    from kinesis_lab.cloud.aws import LabSession, connect_account
     from kinesis_lab.cloud.config import load_config
 
     parser = argparse.ArgumentParser(prog="python -m kinesis_lab.cloud.policies", description=main.__doc__)
@@ -303,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
         session = LabSession(cfg=cfg, account_id=args.account_id, bucket=cfg.bucket_name(args.account_id),
                              endpoint=None, partition=args.partition)
     else:
-        session = connect(cfg, start_stack=False)
+        # reading who you are creates nothing: no cost opt-in needed
+        session = connect_account(cfg, confirm_aws_costs=True, endpoint=os.environ.get("AWS_ENDPOINT_URL"))
     if args.role == "learner":
         found = {"permissions": learner_policy(session)}
     elif args.role == "bucket":  # the bucket policy the lab puts on a bucket that has none

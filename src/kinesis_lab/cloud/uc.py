@@ -54,6 +54,24 @@ def _retry_while_propagating(call, delays=PROPAGATION_DELAYS, sleep=time.sleep):
             sleep(delay)
 
 
+def _put_permissions(iam, role_name: str, permissions: dict, bucket: str, steps: list[str]) -> bool:
+    """Write the role's inline policy unless it is already ``permissions``; True if it was written."""
+    try:
+        current = iam.get_role_policy(RoleName=role_name, PolicyName=UC_PERMISSIONS_POLICY_NAME)["PolicyDocument"]
+        changed = policies.canonical(current) != policies.canonical(permissions)
+    except Exception as exc:
+        if error_code(exc) != "NoSuchEntity":
+            raise
+        changed = True
+    if changed:
+        iam.put_role_policy(RoleName=role_name, PolicyName=UC_PERMISSIONS_POLICY_NAME,
+                            PolicyDocument=json.dumps(permissions))
+        steps.append(f"inline policy {UC_PERMISSIONS_POLICY_NAME} written (read-only, bucket {bucket} only)")
+    else:
+        steps.append(f"inline policy {UC_PERMISSIONS_POLICY_NAME} already up to date")
+    return changed
+
+
 def ensure_uc_role(
     iam,
     *,
@@ -119,26 +137,8 @@ def ensure_uc_role(
     else:
         steps.append("trust policy already up to date")
 
-    # 3. what the role may do: the lab bucket only, and assume itself
-    try:
-        current = iam.get_role_policy(RoleName=role_name, PolicyName=UC_PERMISSIONS_POLICY_NAME)[
-            "PolicyDocument"
-        ]
-        permissions_changed = policies.canonical(current) != policies.canonical(rendered["permissions"])
-    except Exception as exc:
-        if error_code(exc) != "NoSuchEntity":
-            raise
-        permissions_changed = True
-    if permissions_changed:
-        iam.put_role_policy(
-            RoleName=role_name,
-            PolicyName=UC_PERMISSIONS_POLICY_NAME,
-            PolicyDocument=json.dumps(rendered["permissions"]),
-        )
-        steps.append(f"inline policy {UC_PERMISSIONS_POLICY_NAME} written (read-only, bucket {bucket} only)")
-    else:
-        steps.append(f"inline policy {UC_PERMISSIONS_POLICY_NAME} already up to date")
-
+    # 3. what the role may do: read the lab bucket only, and assume itself
+    permissions_changed = _put_permissions(iam, role_name, rendered["permissions"], bucket, steps)
     return {
         "role_arn": role_arn,
         "created": created,

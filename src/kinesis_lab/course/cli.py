@@ -211,10 +211,80 @@ def cmd_demo(args) -> int:
                          notebooks=args.notebooks, keep_stack=args.keep_stack, in_place=args.in_place)
 
 
-def cmd_reconcile(args) -> int:
-    from kinesis_lab.cloud import ledger
+def run_reconcile(
+    *,
+    target: str | None = None,
+    dataset: str | None = None,
+    as_json: bool = False,
+    write_summary: bool = True,
+    out=print,
+) -> int:
+    """``kinesis-lab reconcile``: build the ledger of the configured lab, print it, add its figures to
+    build/run-summary.json. 0: every line accounted for; 1: a line is missing or duplicated in silver;
+    2: the ledger cannot be built (bad dataset, nothing to check)."""
+    import boto3
 
-    return ledger.run_reconcile(target=args.target, dataset=args.dataset, as_json=args.json)
+    from kinesis_lab.cloud.dataset import DatasetError
+    from kinesis_lab.cloud.ledger import build_ledger
+    from kinesis_lab.cloud.records import HeaderError
+    from kinesis_lab.cloud.summary import DatasetMismatch, dataset_of_run, update_summary
+    from kinesis_lab.local import pipeline
+
+    cfg = load_config(target=target)
+
+    def fail(message: str) -> int:
+        print(f"kinesis-lab: error: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        csv_path = dataset_of_run(cfg.build_dir, dataset)  # default: the CSV notebook 04 sent
+    except (DatasetError, DatasetMismatch) as exc:
+        return fail(str(exc))
+    kinesis = s3 = bucket = None
+    try:
+        # reading creates nothing and costs next to nothing: no cost opt-in needed (as for teardown)
+        session = connect(cfg, start_stack=False, confirm_aws_costs=True)
+    except stack.StackError:
+        session = None
+    if session is not None:
+        kinesis = boto3.client("kinesis", region_name=cfg.region)
+        s3 = boto3.client("s3", region_name=cfg.region)
+        bucket = session.bucket
+    try:
+        ledger = build_ledger(
+            csv_path,
+            kinesis=kinesis,
+            stream_name=cfg.stream_name,
+            s3=s3,
+            bucket=bucket,
+            prefix=cfg.s3_prefix,
+            tables=pipeline.table_reader(cfg.build_dir),
+        )
+    except (HeaderError, FileNotFoundError) as exc:
+        return fail(str(exc))
+    if session is None:
+        ledger.notes.insert(
+            0,
+            "the local stack is not running: Kinesis and S3 not checked "
+            "(start it with `kinesis-lab up` to check them)",
+        )
+    if not ledger.checked_hops():
+        return fail(
+            "nothing to check: no stream, no bucket and no pipeline tables "
+            "(run the series first, or start the local stack)"
+        )
+    figures = ledger.summary_figures()
+    if write_summary:
+        update_summary(cfg.build_dir, **figures)
+    if as_json:
+        out(json.dumps({**figures, "fates": dict(ledger.fates()), "notes": ledger.notes}, indent=2))
+    else:
+        out(ledger.table())
+    return 0 if ledger.ok else 1
+
+
+def cmd_reconcile(args) -> int:
+    return run_reconcile(target=args.target, dataset=args.dataset, as_json=args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
