@@ -21,6 +21,7 @@ import pytest
 
 from kinesis_lab.local import pipeline as local_pipeline
 from kinesis_lab.local import stack
+from kinesis_lab.local.pipeline import runner as pipeline_runner
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"
@@ -64,8 +65,8 @@ def _guarded(marker: str, fixtures: str, what: str, func):
 
 
 stack.up = _guarded("stack", "the local_stack or private_stacks fixture", "starts a local stack", stack.up)
-local_pipeline._run_subprocess = _guarded(
-    "spark", "the pipeline_builds fixture", "runs the pipeline (Spark)", local_pipeline._run_subprocess
+pipeline_runner._run_subprocess = _guarded(
+    "spark", "the pipeline_builds fixture", "runs the pipeline (Spark)", pipeline_runner._run_subprocess
 )
 
 

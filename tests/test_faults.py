@@ -307,7 +307,7 @@ def interrupted_pipeline(lab: Lab, source: Path) -> None:
         [pid] = [
             p
             for p in _children_of(parent)
-            if "local_pipeline.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+            if b"kinesis_lab.local.pipeline.spark_cli" in Path(f"/proc/{p}/cmdline").read_bytes()
         ]
         return pid
 

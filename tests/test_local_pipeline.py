@@ -24,6 +24,8 @@ from waiting import DEADLINE, wait_until
 
 from kinesis_lab.cloud.prefixes import static_folder
 from kinesis_lab.local import pipeline as lp
+from kinesis_lab.local.pipeline import runner as lp_runner
+from kinesis_lab.local.pipeline import server as lp_server
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_DIR = REPO / "databricks" / "pipeline"
@@ -78,10 +80,10 @@ def test_render_spec_points_at_the_committed_transformations(tmp_path):
 
 def test_short_progress_and_log_tail(tmp_path):
     line = "2026-11-26 01:13:15: Flow spark_catalog.bronze.bronze_events has COMPLETED.\n"
-    assert lp._short_progress(line) == "01:13:15 bronze_events has COMPLETED"
+    assert lp_runner._short_progress(line) == "01:13:15 bronze_events has COMPLETED"
     log = tmp_path / "run.log"
     log.write_text('start\nboom: it failed\n\tat org.apache.Foo(Foo.scala:1)\n  File "x.py", line 1\nlast\n')
-    assert lp._log_tail(log) == "start\nboom: it failed\nlast"
+    assert lp_runner._log_tail(log) == "start\nboom: it failed\nlast"
 
 
 def test_server_lines_are_shown_and_parsed():
@@ -90,7 +92,7 @@ def test_server_lines_are_shown_and_parsed():
     assert lp.PROGRESS_LINE.search(started) and lp.PROGRESS_LINE.search(replacing)
     assert lp.SERVER_LINE.search(started).groups() == ("started", "4242")
     assert not lp.SERVER_LINE.search(replacing)
-    assert lp._short_progress(started) == started.strip().rstrip(".")
+    assert lp_runner._short_progress(started) == started.strip().rstrip(".")
 
 
 def test_read_table_uses_only_committed_files_of_a_streaming_table(tmp_path):
@@ -105,6 +107,20 @@ def test_read_table_uses_only_committed_files_of_a_streaming_table(tmp_path):
     assert lp.table_paths(tmp_path) == {"silver_events": table}
     with pytest.raises(KeyError, match="no table gold.gold_x in"):
         lp.read_table(tmp_path, "gold_x")
+    read = lp.table_reader(tmp_path)  # what the ledger takes: None for a table not made yet
+    assert list(read("silver_events", ["event_id"])["event_id"]) == ["a", "b"]
+    assert read("silver_quarantine", ["event_id"]) is None
+
+
+def test_the_subprocesses_run_the_package_entry_point(tmp_path):
+    """The run and the watchdog are ``python -P -m kinesis_lab.local.pipeline.spark_cli ...`` (what
+    test_faults finds the run by); the entry point runs: a watchdog of no server exits at once."""
+    command = lp_runner._pipelines_command(tmp_path / "spec.yml", full_refresh=True)
+    assert command == [sys.executable, "-P", "-m", "kinesis_lab.local.pipeline.spark_cli", "run",
+                       "--spec", str(tmp_path / "spec.yml"), "--full-refresh-all"]  # fmt: skip
+    watchdog = lp_server.cli_command("watch-server", str(lp.lakehouse_dir(tmp_path)), "999999999", "0", "")
+    done = subprocess.run(watchdog, cwd=tmp_path, capture_output=True, text=True, timeout=DEADLINE)
+    assert (done.returncode, done.stderr) == (0, "")
 
 
 # --- mirror (real local stack) ---------------------------------------------------------------------
@@ -503,7 +519,7 @@ def test_in_process_runs_stop_the_server_first_reusing_runs_keep_it(tmp_path, fa
         seen.append({"alive": server.poll() is None, "env": env.get(lp.SERVER_ENV), "mark": mark.read_text()})
         raise lp.PipelineError("not run")
 
-    monkeypatch.setattr(lp, "_run_subprocess", fake_run)
+    monkeypatch.setattr(lp_runner, "_run_subprocess", fake_run)
     for reuse in (True, False):
         with pytest.raises(lp.PipelineError, match="not run"):
             lp.run_pipeline(PIPELINE_DIR, source_path=tmp_path / "src", build_dir=build, reuse_server=reuse)
@@ -518,22 +534,22 @@ def test_in_process_runs_stop_the_server_first_reusing_runs_keep_it(tmp_path, fa
 def watchdog_looks(monkeypatch):
     """How many times a watchdog has looked whether a run is going on."""
     looks = []
-    busy = lp._busy
+    busy = lp_server._busy
 
     def counted(discovery):
         looks.append(discovery)
         return busy(discovery)
 
-    monkeypatch.setattr(lp, "_busy", counted)
+    monkeypatch.setattr(lp_server, "_busy", counted)
     return looks
 
 
 def test_watchdog_stops_an_idle_server_but_not_a_busy_one(tmp_path, fake_servers, watchdog_looks):
     server = fake_servers(tmp_path)
     discovery = write_discovery(tmp_path, server.pid)
-    with lp._marked_run(tmp_path):  # a run is going on: the watchdog waits
+    with lp_server.marked_run(tmp_path):  # a run is going on: the watchdog waits
         watchdog = threading.Thread(
-            target=lp._watch_server, args=(discovery.parent.parent, server.pid, 0.3, 0.05)
+            target=lp_server.watch_server, args=(discovery.parent.parent, server.pid, 0.3, 0.05)
         )
         watchdog.start()
         wait_until(lambda: len(watchdog_looks) >= 5, "the watchdog to look five times")  # ~0.25 s, busy
@@ -548,7 +564,7 @@ def test_watchdog_stops_a_server_whose_lakehouse_was_deleted(tmp_path, fake_serv
     server = fake_servers(tmp_path)
     write_discovery(tmp_path, server.pid)
     lakehouse = lp.lakehouse_dir(tmp_path).resolve()
-    watchdog = threading.Thread(target=lp._watch_server, args=(lakehouse, server.pid, 0, 0.05))
+    watchdog = threading.Thread(target=lp_server.watch_server, args=(lakehouse, server.pid, 0, 0.05))
     watchdog.start()
     wait_until(lambda: len(watchdog_looks) >= 5, "the watchdog to look five times")
     assert server.poll() is None  # idle timeout 0: never stopped for idleness
@@ -568,12 +584,12 @@ def test_a_server_that_does_not_answer_is_detected(tmp_path):
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         started = time.monotonic()
-        assert lp._answers("127.0.0.1", silent.getsockname()[1], timeout=1.0) is False
+        assert lp_server._answers("127.0.0.1", silent.getsockname()[1], timeout=1.0) is False
         assert time.monotonic() - started < DEADLINE, "it waited for ever instead of giving up after 1 s"
     server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(1))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        assert lp._answers("127.0.0.1", port, timeout=5.0) is True
+        assert lp_server._answers("127.0.0.1", port, timeout=5.0) is True
     finally:
         server.stop(None)

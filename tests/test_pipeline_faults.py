@@ -23,6 +23,7 @@ from waiting import DEADLINE
 
 from kinesis_lab.local import pipeline as lp
 from kinesis_lab.local import stack
+from kinesis_lab.local.pipeline import runner
 
 REGION = "us-east-1"
 BUCKET = "pipeline-faults-bucket"
@@ -155,8 +156,8 @@ def test_the_runner_watches_the_server_it_announced(tmp_path):
     try:
         threading.Timer(1.0, server.kill).start()
         began = time.monotonic()
-        with pytest.raises(lp._ServerDied):
-            lp._wait_watching_server(hung_run, 600, [("reused", server.pid)], lakehouse)
+        with pytest.raises(runner._ServerDied):
+            runner._wait_watching_server(hung_run, 600, [("reused", server.pid)], lakehouse)
         assert time.monotonic() - began < DEADLINE and hung_run.poll() is None  # noticed, not the 600 s timeout
     finally:
         for process in (server, hung_run):

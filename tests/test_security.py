@@ -30,6 +30,7 @@ from botocore.exceptions import ClientError
 
 from kinesis_lab.cloud import policies, teardown
 from kinesis_lab.local import pipeline as lp
+from kinesis_lab.local.pipeline import spark_cli
 from kinesis_lab.local.stack import set_iam_enforcement
 
 REPO = Path(__file__).resolve().parents[1]
@@ -277,7 +278,7 @@ def test_pipeline_spark_is_started_on_loopback_only(tmp_path, monkeypatch):
         elif server_env:
             monkeypatch.delenv(server_env, raising=False)
         with pytest.raises(Started):
-            lp._pipelines_cli()
+            spark_cli.pipelines_cli()
     assert sorted(seen) == sorted(modes)
     for mode, conf in seen.items():
         assert conf["master"].startswith("local"), mode  # no cluster: one JVM on this machine

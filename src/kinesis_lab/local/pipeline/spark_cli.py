@@ -1,0 +1,72 @@
+"""Entry point of the pipeline's subprocesses (see ``server.cli_command``), run with
+``python -P -m kinesis_lab.local.pipeline.spark_cli``:
+
+- ``run|dry-run --spec <spec> [--full-refresh-all]``: the ``spark-pipelines`` CLI, see pipelines_cli;
+- ``watch-server <lakehouse> <pid> <idle timeout> <start time>``: a server's watchdog (server.watch_server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from kinesis_lab.cloud.config import LAYER_SCHEMAS
+from kinesis_lab.local import stack
+from kinesis_lab.local.pipeline.runner import STATIC_CONF_ENV
+from kinesis_lab.local.pipeline.server import SERVER_ENV, connect_to_build_server, watch_server
+
+
+def _create_schemas(spark, default_schema: str | None) -> None:
+    for schema in dict.fromkeys(filter(None, (default_schema, *LAYER_SCHEMAS))):
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{schema}`")
+
+
+def pipelines_cli() -> None:
+    """The stock ``spark-pipelines`` CLI (pyspark.pipelines.cli.main) with two changes made before it
+    runs: it uses the build folder's long-lived Spark Connect server (SERVER_ENV set, see
+    connect_to_build_server) or starts its own listening on a free local port, not the fixed 15002
+    (so runs from several notebooks or tests do not collide); and the spec's database and the layer
+    schemas the tables are published to (``bronze.bronze_events``) exist: the CLI fails with
+    SCHEMA_NOT_FOUND otherwise (Databricks creates them itself), and pipeline files may not run DDL."""
+    from pyspark.pipelines import cli
+    from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
+
+    args = sys.argv[1:]
+    spec = cli.load_pipeline_spec(Path(args[args.index("--spec") + 1])) if "--spec" in args else None
+    if spec is not None and os.environ.get(SERVER_ENV):
+        static_conf = json.loads(os.environ.get(STATIC_CONF_ENV) or "{}")
+        spark = connect_to_build_server(static_conf, Path(os.environ[SERVER_ENV]))
+        _create_schemas(spark, spec.database)
+    elif spec is not None:
+        port = stack.free_port()
+        settings = {
+            **json.loads(os.environ.get(STATIC_CONF_ENV) or "{}"),
+            **spec.configuration,
+            "spark.connect.grpc.binding.address": "127.0.0.1",
+            "spark.connect.grpc.binding.port": str(port),
+        }
+        os.environ.pop("SPARK_REMOTE", None)
+        # what `--remote local` does (start the JVM with the Connect plugin and a random auth token,
+        # static settings apply here and only here), but on our port; pyspark 4.3 API
+        RemoteSparkSession._start_connect_server("local[*]", settings)
+        os.environ["SPARK_LOCAL_REMOTE"] = "1"  # stopping the session stops this server
+        os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+        # "localhost": the client then talks plain text (with the token), as for `--remote local`
+        spark = RemoteSparkSession.builder.remote(f"sc://localhost:{port}").getOrCreate()
+        _create_schemas(spark, spec.database)
+        # cli.run's SparkSession.builder.getOrCreate() now returns this session
+    cli.main()
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["watch-server"]:
+        lakehouse, pid, idle_timeout = Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+        watch_server(lakehouse, pid, idle_timeout, started=(sys.argv[5:] or [""])[0] or None)
+    else:
+        pipelines_cli()
+
+
+if __name__ == "__main__":
+    main()
