@@ -127,7 +127,9 @@ def published_tables() -> set[str]:
     """The qualified names the transformations publish (tables and materialized views, not temporary views)."""
     names = set()
     for path in TRANSFORMATIONS.glob("*.py"):
-        names |= set(re.findall(r"@dp\.(?:table|materialized_view)\(\s*name=\"([\w.]+)\"", path.read_text()))
+        text = path.read_text()
+        names |= set(re.findall(r"@dp\.(?:table|materialized_view)\(\s*name=\"([\w.]+)\"", text))
+        names |= {f"gold.{name}" for name in re.findall(r"^gold_view\(\"(\w+)\"", text, flags=re.M)}  # 03_gold.py
     return names
 
 
