@@ -281,6 +281,8 @@ class Sequence:
 
     # --- the five runs ---
     def first(self) -> lp.PipelineRun:
+        """Notebook 00's warm-up and the first run start the build folder's server at the same time."""
+        assert lp.warm_up_pipeline_server(self.build, pipeline_dir=PIPELINE_DIR, echo=None)
         day = self.source / "ingestion_date=2026" / "11" / "26"
         twin = {"Country": "Mali", "Country_Code": "MLI", "Region": "Sub-Saharan Africa", "Year": "2019"}
         twin["Child_Labor_Rate_Percent"] = "30.0"
@@ -346,8 +348,14 @@ def e2e(tmp_path_factory, pipeline_builds):
 
 def test_e2e_first_run(e2e):
     first = e2e.stage("first")
-    assert first.result.server == "started"
     assert first.servers == [first.result.server_pid]
+    # the warm-up and the run asked for the server together: one started it, the other waited and reused it
+    logs = lp.lakehouse_dir(e2e.build) / "logs"
+    warm_up = wait_until(lambda: [p.read_text() for p in logs.glob("warm-up-*.log") if "warm-up done" in p.read_text()],
+                         "the warm-up to finish")[0]  # fmt: skip
+    said = lp.SERVER_LINE.search(next(line for line in warm_up.splitlines() if lp.SERVER_LINE.search(line)))
+    assert int(said.group(2)) == first.result.server_pid
+    assert {said.group(1), first.result.server} == {"started", "reused"}
 
     summary = first.after
     assert summary["bronze_rows"] == 8 + 2 + 2  # every non-blank line, duplicates included
@@ -528,6 +536,51 @@ def test_in_process_runs_stop_the_server_first_reusing_runs_keep_it(tmp_path, fa
     assert (lp.server_dir(build) / lp.RUN_MARK).read_text() == "idle"
     assert seen[1] == {"alive": False, "env": None, "mark": "idle"}
     assert server.wait(timeout=DEADLINE) == -signal.SIGTERM
+
+
+def test_warm_up_does_nothing_where_it_has_nothing_to_do(tmp_path, fake_servers, monkeypatch):
+    assert lp.warm_up_pipeline_server(tmp_path / "aws", target="aws") is False
+    assert not (tmp_path / "aws").exists()
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "16.4")
+    assert lp.warm_up_pipeline_server(tmp_path / "dbr") is False
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION")
+    fake_servers(tmp_path / "running")  # its server runs already
+    assert lp.warm_up_pipeline_server(tmp_path / "running") is False
+    starting = lp.discovery_path(tmp_path / "starting")
+    starting.parent.mkdir(parents=True)
+    with lp_server._start_lock(starting, wait=False):  # a start is in progress (a run's, or another warm-up's)
+        assert lp_server.start_in_progress(starting)
+        assert lp.warm_up_pipeline_server(tmp_path / "starting") is False
+    assert not lp_server.start_in_progress(starting)
+    said: list[str] = []
+    (tmp_path / "file").write_text("a file where the build folder should be")
+    assert lp.warm_up_pipeline_server(tmp_path / "file" / "build", echo=said.append) is False
+    assert said and said[0].startswith(f"cannot write to the build folder {tmp_path / 'file' / 'build'}")
+
+
+def test_stopping_waits_for_a_server_still_starting(tmp_path, fake_servers):
+    """`kinesis-lab down` or the end of a demo while notebook 00's warm-up is still starting the
+    server: the stop waits for the start, then stops what it started (nothing left running)."""
+    discovery = lp.discovery_path(tmp_path)
+    discovery.parent.mkdir(parents=True)
+    started: list = []
+
+    def slow_start() -> None:  # what a start does with the lock held: the JVM appears a while later
+        with lp_server._start_lock(discovery, wait=False):
+            holding.set()
+            time.sleep(1.0)
+            started.append(fake_servers(tmp_path))
+            write_discovery(tmp_path, started[0].pid)
+
+    holding = threading.Event()
+    starter = threading.Thread(target=slow_start)
+    starter.start()
+    assert holding.wait(timeout=DEADLINE)
+    assert lp.server_pids(tmp_path) == []  # nothing to stop yet...
+    assert lp.stop_pipeline_server(tmp_path) is True  # ...but the stop waited for it
+    starter.join(timeout=DEADLINE)
+    assert started[0].wait(timeout=DEADLINE) == -signal.SIGTERM
+    assert lp.server_pids(tmp_path) == [] and not discovery.exists()
 
 
 @pytest.fixture

@@ -13,9 +13,10 @@ Deleting ``lakehouse/`` (after ``stop_pipeline_server``; ``reset_pipeline`` does
 pipeline afresh.
 
 Spark itself runs in a long-lived Spark Connect server, one per build folder (``reuse_server=True``,
-the default): the first run starts it (pyspark's ``spark.local.connect.reuse`` opt-in, with its
-discovery file in ``lakehouse/connect-server/``), later runs connect to it, each in a session of its
-own, and skip the ~25 s of JVM and Hive metastore start. ``stop_pipeline_server`` stops it.
+the default): the first run (or, earlier, notebook 00's ``warm_up_pipeline_server``) starts it
+(pyspark's ``spark.local.connect.reuse`` opt-in, with its discovery file in
+``lakehouse/connect-server/``), later runs connect to it, each in a session of its own, and skip the
+~25 s of JVM and Hive metastore start. ``stop_pipeline_server`` stops it.
 
 The run subprocess (``python -m kinesis_lab.local.pipeline.spark_cli``) is the ``spark-pipelines``
 CLI with two additions: it connects to the build folder's server (or, with ``reuse_server=False``,
@@ -25,7 +26,8 @@ Databricks creates them itself).
 
 One module per job: ``paths`` (the build folder's layout), ``mirror`` (the external location),
 ``runner`` (settings, spec, the run and its watching), ``server`` (the long-lived Spark Connect
-server), ``tables`` (reading the results), ``spark_cli`` (the subprocesses' entry point).
+server), ``warmup`` (starting that server early, from notebook 00), ``tables`` (reading the results),
+``spark_cli`` (the subprocesses' entry point).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ from kinesis_lab.local.pipeline.server import (
     SERVER_CLASS,
     SERVER_ENV,
     SERVER_MARKER,
+    SERVER_START_TIMEOUT,
+    START_LOCK,
     server_conf,
     server_pids,
     stop_pipeline_server,
@@ -73,6 +77,7 @@ from kinesis_lab.local.pipeline.tables import (
     table_reader,
     table_rows,
 )
+from kinesis_lab.local.pipeline.warmup import warm_up_pipeline_server
 
 __all__ = [
     # the build folder
@@ -103,9 +108,12 @@ __all__ = [
     "SERVER_CLASS",
     "SERVER_ENV",
     "SERVER_MARKER",
+    "SERVER_START_TIMEOUT",
+    "START_LOCK",
     "server_conf",
     "server_pids",
     "stop_pipeline_server",
+    "warm_up_pipeline_server",
     # the tables
     "BRONZE_TABLE",
     "GOLD_PREFIX",

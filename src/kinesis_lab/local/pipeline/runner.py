@@ -210,14 +210,7 @@ def _run_locked(
     logs = lakehouse / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    env = {
-        **os.environ,
-        "PYSPARK_PYTHON": sys.executable,
-        "PYTHONUNBUFFERED": "1",  # progress lines as they happen
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(pipeline_dir), os.environ.get("PYTHONPATH")])),
-        STATIC_CONF_ENV: json.dumps(static_conf),
-    }
-    env.pop(SERVER_ENV, None)
+    env = run_env(pipeline_dir, static_conf)
     if reuse:
         env[SERVER_ENV] = str(lakehouse)
     else:
@@ -238,6 +231,21 @@ def _run_locked(
     if source and not dry_run:
         (lakehouse / BUILT_FROM).write_text(json.dumps(source))
     return run
+
+
+def run_env(pipeline_dir: Path, static_conf: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a run subprocess (and of the warm-up's): the build folder's server is
+    started with it, and a later run reuses that server only if it would start the same one (see
+    server.connect_to_build_server's fingerprint: settings, pyspark, Python, PYTHONPATH)."""
+    env = {
+        **os.environ,
+        "PYSPARK_PYTHON": sys.executable,
+        "PYTHONUNBUFFERED": "1",  # progress lines as they happen
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(pipeline_dir), os.environ.get("PYTHONPATH")])),
+        STATIC_CONF_ENV: json.dumps(static_conf),
+    }
+    env.pop(SERVER_ENV, None)
+    return env
 
 
 @dataclass

@@ -4,7 +4,8 @@ watched by a small detached process (the watchdog) so a server nobody stopped do
 The run subprocess starts it with pyspark's opt-in (pyspark.sql.connect.local_server: the
 ``sbin/start-connect-server.sh`` daemon, bound to 127.0.0.1, auth token in a 0600 discovery file)
 with the discovery file in this build folder, so a server is never shared between build folders;
-only ``connect_to_build_server`` (in the run subprocess) starts one, the rest checks and stops it."""
+only ``connect_to_build_server`` (in the run subprocess, or the warm-up's: see warmup) starts one,
+holding the build folder's START_LOCK; the rest checks and stops it."""
 
 from __future__ import annotations
 
@@ -40,11 +41,16 @@ SERVER_IDLE_ENV = "KINESIS_LAB_SERVER_IDLE_TIMEOUT"
 SERVER_IDLE_TIMEOUT = 1800.0
 CLI_MODULE = "kinesis_lab.local.pipeline.spark_cli"  # run with -m: the run subprocess and the watchdog
 RUN_MARK = "run-state"  # next to the discovery file: "running <pid of run_pipeline's process>" or "idle"
+# next to the discovery file: held while a server is checked and started (a run's, or the warm-up's),
+# so a second start waits for the one in progress instead of replacing a server still starting
+START_LOCK = "start.lock"
+SERVER_START_TIMEOUT = 300.0  # seconds: pyspark's start waits up to 120 s for the script + 120 s for the port
 
 
 def cli_command(*args: str) -> list[str]:
     """``python -P -m kinesis_lab.local.pipeline.spark_cli <args>``: the run subprocess (``run`` or
-    ``dry-run``) and the watchdog (``watch-server``); -P: its working folder is not put on sys.path."""
+    ``dry-run``), the watchdog (``watch-server``) and the warm-up (``warm-server``); -P: its working
+    folder is not put on sys.path."""
     return [sys.executable, "-P", "-m", CLI_MODULE, *args]
 
 
@@ -193,14 +199,47 @@ def _forget_server(discovery: Path) -> None:
 def stop_pipeline_server(build_dir: str | Path) -> bool:
     """Stop the build folder's Spark Connect server (and any left over from a deleted ``lakehouse/``);
     True if there was one. Safe to call when none runs; returns once the JVM is gone. A run still
-    going in that server fails."""
-    pids = server_pids(build_dir)
+    going in that server fails. A server still starting (e.g. warmed up by notebook 00) is waited for
+    first (up to SERVER_START_TIMEOUT), then stopped."""
     discovery = discovery_path(build_dir)
-    with _discovery_lock(discovery):
-        _stop_pids(lakehouse_dir(build_dir).resolve(), pids)
-        if discovery.parent.is_dir():
-            _forget_server(discovery)
+    with _start_lock(discovery, wait=True):
+        pids = server_pids(build_dir)
+        with _discovery_lock(discovery):
+            _stop_pids(lakehouse_dir(build_dir).resolve(), pids)
+            if discovery.parent.is_dir():
+                _forget_server(discovery)
     return bool(pids)
+
+
+@contextlib.contextmanager
+def _start_lock(discovery: Path, wait: bool):
+    """The build folder's START_LOCK, waited for up to SERVER_START_TIMEOUT. ``wait=True`` (stopping):
+    go on without it after that; ``wait=False`` (starting): PipelineError. No folder, no lock."""
+    with contextlib.ExitStack() as held:
+        if discovery.parent.is_dir():
+            try:
+                held.enter_context(procs.file_lock(discovery.parent / START_LOCK, SERVER_START_TIMEOUT, ""))
+            except TimeoutError:
+                if not wait:
+                    raise PipelineError(
+                        f"another start of the Spark Connect server of {discovery.parent.parent.parent} has not "
+                        f"finished after {SERVER_START_TIMEOUT:.0f} s: see its logs in {discovery.parent / 'logs'}"
+                    ) from None
+        yield
+
+
+def start_in_progress(discovery: Path) -> bool:
+    """Is a server of this build folder being checked or started right now (START_LOCK held)?"""
+    path = discovery.parent / START_LOCK
+    if not path.exists():
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 def _answers(host: str, port: int, timeout: float) -> bool:
@@ -221,17 +260,28 @@ def _answers(host: str, port: int, timeout: float) -> bool:
 def connect_to_build_server(static_conf: Mapping[str, str], lakehouse: Path):
     """(In the run subprocess) a new session in the build folder's server, started if need be:
     replaced if it runs with other settings (static settings apply only when a server starts), does
-    not answer, or is not the one the discovery file names."""
-    from pyspark.sql.connect.local_server import reuse_or_start_local_connect_server
+    not answer, or is not the one the discovery file names. A start in progress (the warm-up's, or
+    another run's) is waited for (START_LOCK), then its server reused."""
     from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
-    from pyspark.version import __version__
-
-    from kinesis_lab.local import stack
 
     discovery = lakehouse / "connect-server" / "discovery.json"
     discovery.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(discovery.parent, 0o700)  # the discovery file holds the server's auth token
     os.environ["SPARK_LOCAL_CONNECT_DISCOVERY"] = str(discovery)
+    with _start_lock(discovery, wait=False):
+        url = _reuse_or_start(static_conf, lakehouse, discovery)
+    os.environ["SPARK_REMOTE"] = url  # the CLI's SparkSession.builder.getOrCreate() connects here
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    return RemoteSparkSession.builder.remote(url).getOrCreate()
+
+
+def _reuse_or_start(static_conf: Mapping[str, str], lakehouse: Path, discovery: Path) -> str:
+    """(With START_LOCK held) the url of the build folder's server, started if need be."""
+    from pyspark.sql.connect.local_server import reuse_or_start_local_connect_server
+    from pyspark.version import __version__
+
+    from kinesis_lab.local import stack
+
     seed = server_conf(static_conf, lakehouse)
     identity = json.dumps([seed, __version__, sys.executable, os.environ.get("PYTHONPATH")], sort_keys=True)
     fingerprint = hashlib.sha256(identity.encode()).hexdigest()
@@ -278,6 +328,4 @@ def connect_to_build_server(static_conf: Mapping[str, str], lakehouse: Path):
         f" (logs: {discovery.parent / 'logs'})",
         flush=True,
     )
-    os.environ["SPARK_REMOTE"] = url  # the CLI's SparkSession.builder.getOrCreate() connects here
-    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
-    return RemoteSparkSession.builder.remote(url).getOrCreate()
+    return url
