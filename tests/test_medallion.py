@@ -623,3 +623,10 @@ def test_sending_a_grown_file_again_adds_only_the_new_row_to_silver(spark, tmp_p
     both = medallion.valid_rows(checked(spark, *first, *second))
     assert both.count() == once + 1
     assert both.where("Year = 2024 AND Child_Labor_Rate_Percent = 9.9 AND Country = 'Nepal'").count() == 1
+
+
+def test_the_pipeline_names_the_same_columns_as_the_package():
+    """databricks/pipeline/ deploys without src/, so it declares the CSV's columns itself: they must stay equal."""
+    from kinesis_lab.cloud.dataset import COLUMNS
+
+    assert medallion.SOURCE_FIELDS == COLUMNS
