@@ -317,8 +317,8 @@ def build_ledger(
 
     ``kinesis`` + ``stream_name``: read the stream (skipped if None or the stream is gone); ``s3`` +
     ``bucket`` + ``prefix`` (the Firehose prefix, expressions allowed): the landing objects; ``tables``:
-    a reader of the pipeline's tables (bronze, silver, quarantine): ``read(name, columns)``. Raises ``producer.HeaderError`` if the CSV
-    does not have the course's columns."""
+    a reader of the pipeline's tables (bronze, silver, quarantine): ``read(name, columns)``. Raises
+    ``records.HeaderError`` if the CSV does not have the course's columns."""
     source_file, sha, lines = csv_lines(csv_path)
     hops: dict[str, HopData] = {}
     if kinesis is not None and stream_name:
