@@ -8,11 +8,12 @@ NBVAL_ARGS := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:c
 # nbval re-runs the committed notebooks on a private stack and build folder, then compares the checked outputs
 NBVAL_ENV := LAB_BUILD_DIR=$(CURDIR)/build/nbval LAB_STATE_DIR=$(CURDIR)/build/nbval/stack
 
-.PHONY: help install demo test lint unit nbval lab up down status doctor notebooks bench clean
+.PHONY: help install demo test test-under-load lint unit nbval lab up down status doctor notebooks bench clean
 
 help:
 	@echo "make demo [DATASET=path.csv] [FAILURE_RATE=0.3]  run the whole series locally, write build/run-summary.json"
 	@echo "make test                                         ruff + the whole pytest suite (stack, Spark, notebooks)"
+	@echo "make unit | test-under-load                       no Java needed | make test 3x beside two CPU hogs"
 	@echo "make bench [BENCH_ARGS=\"--quick | --only 1 2 | --fresh-setup\"]  performance figures -> build/bench/results.json"
 	@echo "make lab | up | down | status | doctor | notebooks | clean"
 
@@ -26,15 +27,27 @@ install: $(STAMP)
 demo: install
 	$(BIN)/kinesis-lab demo $(if $(DATASET),--dataset "$(abspath $(DATASET))") $(if $(FAILURE_RATE),--simulated-failure-rate $(FAILURE_RATE))
 
+# two workers, each module on one of them, the longest modules first (see tests/conftest.py)
+XDIST_ARGS ?= -n 2 --dist loadscope --no-loadscope-reorder
+
 test: install lint
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests $(XDIST_ARGS) $(PYTEST_ARGS)
 	$(MAKE) nbval
 
 lint: install
 	$(BIN)/ruff check .
 
 unit: install
-	$(BIN)/python -m pytest tests -m "not notebooks" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -m "not spark and not notebooks" $(PYTEST_ARGS)
+
+# `make test` three times in a row with two CPU-bound processes alongside (the README's robustness check)
+test-under-load: install
+	@yes > /dev/null & hog1=$$!; yes > /dev/null & hog2=$$!; trap 'kill $$hog1 $$hog2' EXIT; \
+	for run in 1 2 3; do \
+	  echo "== make test, run $$run of 3, with two CPU-bound processes alongside (pids $$hog1 $$hog2)"; \
+	  started=$$(date +%s); $(MAKE) test || { echo "== run $$run FAILED"; exit 1; }; \
+	  echo "== run $$run passed in $$(( $$(date +%s) - started )) s"; \
+	done
 
 nbval: install
 	rm -rf build/nbval

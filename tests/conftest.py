@@ -36,12 +36,28 @@ FIXTURE_MARKERS = {
 }
 
 
+# rough cost of a test by its markers, to start the longest modules first (see below)
+MARKER_COST = {"notebooks": 100.0, "slow": 15.0, "spark": 1.5, "stack": 1.0}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for fixture in item.fixturenames:  # the closure: fixtures used through other fixtures count
             for marker in FIXTURE_MARKERS.get(fixture, ()):
                 if item.get_closest_marker(marker) is None:
                     item.add_marker(marker)
+    # The longest modules first (the order within a module is kept): with `-n 2 --dist loadscope
+    # --no-loadscope-reorder` (make test) the workers take modules in this order, so the long ones do
+    # not end up last on one worker while the other idles. Tests never depend on the order.
+    cost: dict[str, float] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        marks = [m for m in MARKER_COST if item.get_closest_marker(m) is not None]
+        cost[module] = cost.get(module, 0.0) + max((MARKER_COST[m] for m in marks), default=0.1)
+        if "slow" in marks and not cost.get(module + "#slow"):
+            cost[module] += 60.0  # a module with long tests (its first pipeline run starts a Spark server)
+            cost[module + "#slow"] = 1.0
+    items.sort(key=lambda item: -cost[item.nodeid.split("::")[0]])
 
 
 # --- the guard: starting a stack or Spark outside the fixtures would escape `-m` -------------------
@@ -154,14 +170,20 @@ def pipeline_builds():
 
 @pytest.fixture(scope="session")
 def spark_session():
-    """One in-process SparkSession (local[2]) for every test that runs pipeline logic directly."""
+    """One in-process SparkSession (local[2]) for every test that runs pipeline logic directly.
+    Interpreted expressions, no adaptive re-planning, one shuffle partition: the tests' DataFrames have a
+    few rows, and compiling code for each of their hundreds of queries took about half the time.
+    The pipeline runs (pipeline_builds) use the lab's settings."""
     from pyspark.sql import SparkSession
 
     session = (
         SparkSession.builder.master("local[2]")
         .appName("kinesis-lab-tests")
-        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.shuffle.partitions", "1")
         .config("spark.default.parallelism", "2")
+        .config("spark.sql.codegen.wholeStage", "false")
+        .config("spark.sql.codegen.factoryMode", "NO_CODEGEN")
+        .config("spark.sql.adaptive.enabled", "false")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.ansi.enabled", "true")  # the default in Spark 4: bad casts would raise

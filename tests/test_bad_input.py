@@ -360,6 +360,7 @@ print(records, data, oversize, peak_kb, round(time.monotonic() - started, 1))
 """
 
 
+@pytest.mark.slow  # tens of seconds, no fixture says so
 def test_a_1_gb_file_is_read_in_bounded_memory(tmp_path):
     """~1 GiB: 64 MiB of the course's short rows (about a million records), the rest wide rows
     (512 KiB each) and a few lines over 1 MiB. The reading path (hash, header, records) must keep

@@ -26,6 +26,7 @@ from kinesis_lab.cloud.prefixes import static_folder
 from kinesis_lab.local import pipeline as lp
 from kinesis_lab.local.pipeline import runner as lp_runner
 from kinesis_lab.local.pipeline import server as lp_server
+from kinesis_lab.local.pipeline.warmup import WARM_UP_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_DIR = REPO / "databricks" / "pipeline"
@@ -541,6 +542,10 @@ def test_in_process_runs_stop_the_server_first_reusing_runs_keep_it(tmp_path, fa
 def test_warm_up_does_nothing_where_it_has_nothing_to_do(tmp_path, fake_servers, monkeypatch):
     assert lp.warm_up_pipeline_server(tmp_path / "aws", target="aws") is False
     assert not (tmp_path / "aws").exists()
+    monkeypatch.setenv(WARM_UP_ENV, "0")
+    assert lp.warm_up_pipeline_server(tmp_path / "off") is False
+    assert not (tmp_path / "off").exists()
+    monkeypatch.delenv(WARM_UP_ENV)
     monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "16.4")
     assert lp.warm_up_pipeline_server(tmp_path / "dbr") is False
     monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION")

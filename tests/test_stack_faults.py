@@ -322,6 +322,7 @@ def test_the_health_check_asks_a_cheap_route_not_moto_s_whole_state():
     assert seen == [HEALTH_PATH]
 
 
+@pytest.mark.slow  # tens of seconds, no fixture says so
 def test_a_moto_holding_many_records_and_busy_dumping_them_is_not_declared_dead(state_dir):
     state, _ = stack.up(state_dir, REGION)
     kinesis = clients_for(state.endpoint)("kinesis")

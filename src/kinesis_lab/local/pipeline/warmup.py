@@ -16,6 +16,8 @@ from kinesis_lab.local.pipeline.paths import discovery_path, external_location_d
 from kinesis_lab.local.pipeline.runner import run_env, spark_settings
 from kinesis_lab.local.pipeline.server import cli_command, server_pids, start_in_progress
 
+WARM_UP_ENV = "KINESIS_LAB_WARM_UP"  # "0": warm_up_pipeline_server does nothing (benchmark 4 compares both)
+
 
 def warm_up_pipeline_server(
     build_dir: str | Path,
@@ -34,10 +36,10 @@ def warm_up_pipeline_server(
     ``databricks/pipeline``, as notebooks 07-09 use): it is part of the server's environment.
 
     Does nothing (False) on target aws, inside Databricks, without Java, when the build folder's
-    server already runs or is being started, or when the build folder cannot be written (echo says
-    so). The start's log: ``lakehouse/logs/warm-up-*.log``; if the start fails, the run starts a server
+    server already runs or is being started, when the build folder cannot be written (echo says so),
+    or with ``KINESIS_LAB_WARM_UP=0``. The start's log: ``lakehouse/logs/warm-up-*.log``; if the start fails, the run starts a server
     itself as before."""
-    if target != "local" or "DATABRICKS_RUNTIME_VERSION" in os.environ:
+    if target != "local" or "DATABRICKS_RUNTIME_VERSION" in os.environ or os.environ.get(WARM_UP_ENV) == "0":
         return False
     try:
         lakehouse = writable_folder(lakehouse_dir(build_dir).resolve(), build_dir)
