@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import threading
 import uuid
 from collections import Counter
 
 import pytest
+from waiting import wait_until
 
+from kinesis_lab.cloud import read_ahead
 from kinesis_lab.cloud.batching import MAX_BYTES_PER_CALL, RecordTooLargeError, iter_batches
 from kinesis_lab.cloud.dataset import COLUMNS, SAMPLE_PATH
 from kinesis_lab.cloud.producer import produce_file
@@ -297,3 +301,56 @@ def test_the_producer_does_not_import_the_local_stand_ins():
     stand_ins = {"kinesis_lab.local.throttling", "kinesis_lab.local.moto_server", "kinesis_lab.local.pipeline",
                  "kinesis_lab.local.firehose", "moto"}
     assert stand_ins.isdisjoint(loaded)
+
+
+# --- reading ahead of the calls ----------------------------------------------------------------------
+def test_read_ahead_keeps_the_order_and_raises_where_the_error_is():
+    def items():
+        yield from range(120)
+        raise ValueError("line 122 is bad")
+
+    out: list[int] = []
+    with pytest.raises(ValueError, match="line 122 is bad"):
+        for item in read_ahead.read_ahead(items(), lambda n: n * 2, threading.Event()):
+            out.append(item)
+    assert out == [n * 2 for n in range(120)]
+
+
+def test_read_ahead_holds_a_bounded_number_of_items_and_stops_when_closed():
+    read: list[int] = []
+
+    def items():
+        for n in itertools.count():
+            read.append(n)
+            yield n
+
+    allowed = threading.Event()
+    allowed.set()
+    ahead = read_ahead.read_ahead(items(), lambda n: n, allowed)
+    assert next(ahead) == 0
+    bound = read_ahead.CHUNK * (read_ahead.CHUNKS + 2)  # queued + being built + being used
+    wait_until(lambda: len(read) >= read_ahead.CHUNK * read_ahead.CHUNKS, "the read-ahead thread to fill its queue")
+    assert len(read) <= bound
+    ahead.close()
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == read_ahead.THREAD_NAME],
+               "the read-ahead thread to stop")
+    assert len(read) <= bound
+
+
+def test_a_record_over_the_call_limit_fails_after_the_lines_before_it_are_sent(tmp_path):
+    """The read-ahead thread meets the record first: the error comes out where the record is."""
+    rows = [GOOD] * 150 + [GOOD.replace("World", "W" * 3000)] + [GOOD] * 10
+    path = write(tmp_path, "\n".join([HEADER, *rows]) + "\n")
+    sent: list[dict] = []
+
+    class Counting(AcceptAll):
+        def put_records(self, StreamName, Records):
+            sent.extend(Records)
+            return super().put_records(StreamName, Records)
+
+    with pytest.raises(RecordTooLargeError, match="line 152: record of"):
+        produce_file(path, stream_name="s", kinesis=Counting(), progress=False, max_batch_bytes=2000)
+    lines = [json.loads(r["Data"])["source_line"] for r in sent]
+    # the full calls before it went, in order (the call being filled when it was met did not)
+    assert lines == list(range(2, 2 + len(lines))) and 140 <= len(lines) < 151
+    assert not [t for t in threading.enumerate() if t.name == read_ahead.THREAD_NAME]

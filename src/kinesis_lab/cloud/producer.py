@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import time
 from collections import Counter, deque
 from contextlib import ExitStack
@@ -33,6 +34,7 @@ from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
 from kinesis_lab.cloud.batching import MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, CallBuilder
 from kinesis_lab.cloud.progress import progress_bar
+from kinesis_lab.cloud.read_ahead import read_ahead
 from kinesis_lab.cloud.records import Record, RecordReader
 
 BACKOFF_BASE_SECONDS = 0.05
@@ -173,20 +175,13 @@ class _SendRate:
 
 
 @dataclass(slots=True)
-class _Slot:
-    """A record read from the file, in line order, until it is delivered and committed."""
-
-    line: int
-    event_id: str
-    kind: str
-    done: bool = False
-
-
-@dataclass(slots=True)
 class _Entry:
+    """A record read from the file, from then until it is delivered and committed (in line order)."""
+
     record: Record
-    slot: _Slot
+    request: dict  # its PutRecords entry: {"Data": ..., "PartitionKey": ...}
     failed_at: float = 0.0  # monotonic time of its first failure; 0: never failed
+    done: bool = False  # delivered
 
 
 class _Send:
@@ -209,9 +204,8 @@ class _Send:
         elif reader.data_lines == 0:
             self.result.warnings.append(
                 f"{reader.source_file} has a header and no data lines: nothing to send")
-        self.records = iter(reader)
-        self.lookahead: Record | None = None  # read, not sent yet: did not fit in the last call
-        self.window: deque[_Slot] = deque()
+        self.lookahead: _Entry | None = None  # read, not sent yet: did not fit in the last call
+        self.window: deque[_Entry] = deque()
         self.retries: deque[_Entry] = deque()
         self.pacer = _SendRate()
         self.jitter = random.Random()
@@ -225,6 +219,22 @@ class _Send:
             self.ids_file = self._open.enter_context(open(event_ids_path, "w", encoding="ascii"))
         self.bar = self._open.enter_context(progress_bar(
             reader.data_lines, f"{reader.source_file} -> {stream_name}", unit="row", disable=not progress))
+        # the next entries are prepared in a thread while a call waits for Kinesis (set: it may work)
+        self.waiting = threading.Event()
+        self.entries = read_ahead(iter(reader), self._prepare, self.waiting)
+        self._open.callback(self.entries.close)  # however sending ends, the thread stops
+        events = getattr(getattr(kinesis, "meta", None), "events", None)  # a stand-in client may have none
+        for event, handler in (("before-send.kinesis.PutRecords", lambda **_: self.waiting.set()),
+                               ("needs-retry.kinesis.PutRecords", lambda **_: self.waiting.clear())):
+            if events is not None:
+                uid = f"kinesis-lab-read-ahead-{id(self)}-{event}"
+                events.register(event, handler, unique_id=uid)
+                self._open.callback(events.unregister, event, unique_id=uid)
+
+    def _prepare(self, record: Record) -> _Entry:
+        """In the read-ahead thread: a record over the limits raises here, in line order."""
+        self.call.check(record)
+        return _Entry(record, {"Data": record.data, "PartitionKey": record.partition_key})
 
     def __enter__(self) -> _Send:
         return self
@@ -247,18 +257,16 @@ class _Send:
             return call.take()
         while not call.full(limit) and len(self.window) < MAX_OPEN_RECORDS:
             if self.lookahead is None:
-                self.lookahead = next(self.records, None)
+                self.lookahead = next(self.entries, None)
                 if self.lookahead is None:
                     break
-                call.check(self.lookahead)
-            record = self.lookahead
-            if not call.fits(record):
+            entry = self.lookahead
+            if not call.fits(entry.record):
                 break
             self.lookahead = None
-            slot = _Slot(record.line, record.event_id, record.kind)
-            self.window.append(slot)
-            call.add(_Entry(record, slot), record)
-            self.last_sent = record.line
+            self.window.append(entry)
+            call.add(entry, entry.record)
+            self.last_sent = entry.record.line
         return call.take()
 
     def wait_for_pace(self, entries: int) -> None:
@@ -275,10 +283,7 @@ class _Send:
         self.result.put_calls += 1
         self.result.records_retried += sum(1 for e in call if e.failed_at)
         try:
-            response = self.kinesis.put_records(
-                StreamName=self.stream_name,
-                Records=[{"Data": e.record.data, "PartitionKey": e.record.partition_key} for e in call],
-            )
+            response = self.kinesis.put_records(StreamName=self.stream_name, Records=[e.request for e in call])
         except ClientError as exc:
             error = exc.response.get("Error", {})
             if error.get("Code", "") not in RETRYABLE_CALL_ERRORS:
@@ -289,13 +294,21 @@ class _Send:
             return call
         except (BotocoreConnectionError, HTTPClientError) as exc:
             raise self.interrupted(f"the connection to Kinesis failed and stayed down ({exc})") from exc
+        answers = response["Records"]
+        if not response.get("FailedRecordCount") and len(answers) == len(call):  # all in: no per-entry checks
+            for entry in call:
+                entry.done = True
+            self.per_shard.update(answer["ShardId"] for answer in answers)
+            self.result.records_sent += len(call)
+            self.result.bytes_sent += sum(len(entry.record.data) for entry in call)
+            return []
         failed = []
-        for entry, answer in zip(call, response["Records"], strict=True):
+        for entry, answer in zip(call, answers, strict=True):
             if "ErrorCode" in answer:
                 failed.append(entry)
                 self.last_error = answer["ErrorCode"]
             else:
-                entry.slot.done = True
+                entry.done = True
                 self.per_shard[answer["ShardId"]] += 1
                 self.result.records_sent += 1
                 self.result.bytes_sent += len(entry.record.data)
@@ -325,7 +338,7 @@ class _Send:
             self.result.wait_seconds += pause
 
     def give_up(self) -> None:
-        undelivered = sorted(e.slot.line for e in self.retries)
+        undelivered = sorted(e.record.line for e in self.retries)
         message = (f"{len(undelivered)} record(s) not delivered to stream '{self.stream_name}' after "
                    f"retrying for {self.max_retry_seconds:g} s (last error: {self.last_error}); first "
                    f"undelivered line: {undelivered[0]}; {self.result.records_sent} record(s) delivered "
@@ -339,20 +352,25 @@ class _Send:
 
     def commit(self, final: bool = False) -> None:
         """Count the delivered records, in line order (``final``: all delivered ones, skipping the rest)."""
+        ids, first_line = [], self.line_done
         while self.window and (self.window[0].done or final):
-            slot = self.window.popleft()
-            if not slot.done:
+            entry = self.window.popleft()
+            if not entry.done:
                 continue
-            self.ids_digest.update(f"{slot.event_id}\n".encode())
-            if self.ids_file:
-                self.ids_file.write(f"{slot.event_id}\n")
-            if slot.kind == "row":
+            record = entry.record
+            ids.append(record.event_id)
+            if record.kind == "row":
                 self.result.csv_rows += 1
             else:
                 self.result.malformed_rows += 1
-                self.result.oversize_rows += slot.kind == "oversize"
-            self.bar.update(slot.line - self.line_done)
-            self.line_done = slot.line
+                self.result.oversize_rows += record.kind == "oversize"
+            self.line_done = record.line
+        if ids:
+            text = "\n".join(ids) + "\n"
+            self.ids_digest.update(text.encode())
+            if self.ids_file:
+                self.ids_file.write(text)
+            self.bar.update(self.line_done - first_line)
 
     def finish(self) -> ProduceResult:
         result, reader = self.result, self.reader
