@@ -86,7 +86,7 @@ def spark_settings(
         "lab.source_path": str(Path(source_path).resolve()),
         "spark.sql.shuffle.partitions": "2",  # 200 by default: minutes of empty tasks on 2 cores
         # a few hundred rows: compiling code for every query (and re-planning it adaptively) costs more
-        # than it saves; measured: the first run 15 % and later runs 30 % less CPU (benchmarks/RESULTS.md)
+        # than it saves; with the serial GC below: the first run 13 %, a later one 48 % less CPU (benchmark 8)
         "spark.sql.codegen.wholeStage": "false",
         "spark.sql.codegen.factoryMode": "NO_CODEGEN",
         "spark.sql.adaptive.enabled": "false",
@@ -98,8 +98,7 @@ def spark_settings(
             f"jdbc:derby:;databaseName={lakehouse / 'metastore_db'};create=true"
         ),
         # derby.log in the lakehouse; C1 only (no C2 JIT): Spark starts ~10 s faster on 2 cores and
-        # the runs (small data) are no slower; the serial collector: no GC threads competing for 2
-        # cores (later runs ~20 % less CPU)
+        # the runs (small data) are no slower; the serial collector: no GC threads competing for 2 cores
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={lakehouse} {JAVA_OPTIONS}",
         "spark.ui.enabled": "false",
         # the driver's RPC and block manager ports: loopback only (else Spark binds the host's network
