@@ -6,6 +6,7 @@ import csv
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections import Counter
 
@@ -354,3 +355,58 @@ def test_a_record_over_the_call_limit_fails_after_the_lines_before_it_are_sent(t
     # the full calls before it went, in order (the call being filled when it was met did not)
     assert lines == list(range(2, 2 + len(lines))) and 140 <= len(lines) < 151
     assert not [t for t in threading.enumerate() if t.name == read_ahead.THREAD_NAME]
+
+
+def test_read_ahead_of_wide_items_is_bounded_by_their_size():
+    read: list[int] = []
+
+    def items():
+        for n in itertools.count():
+            read.append(n)
+            yield n
+
+    allowed = threading.Event()
+    allowed.set()
+    ahead = read_ahead.read_ahead(items(), lambda n: n, allowed, size=lambda _: 512 * 1024)  # a chunk each
+    assert next(ahead) == 0
+    wait_until(lambda: len(read) >= read_ahead.CHUNKS, "the read-ahead thread to fill its queue")
+    assert len(read) <= read_ahead.CHUNKS + 2  # queued + being built + being used: not CHUNK x CHUNKS
+    ahead.close()
+
+
+class SlowAndStubborn(AcceptAll):
+    """Answers after 50 ms (a network's latency: the read-ahead thread works meanwhile) and fails line 2's
+    record its first 10 times (the delivered records behind it wait for it to be committed)."""
+
+    def __init__(self):
+        self.refused = 0
+
+    def put_records(self, StreamName, Records):
+        time.sleep(0.05)
+        answers = []
+        for entry in Records:
+            if self.refused < 10 and json.loads(entry["Data"])["source_line"] == 2:
+                self.refused += 1
+                answers.append({"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "slow down"})
+            else:
+                answers.append({"ShardId": "shardId-000000000000", "SequenceNumber": "1"})
+        return {"FailedRecordCount": sum("ErrorCode" in a for a in answers), "Records": answers}
+
+
+def test_wide_rows_are_sent_in_bounded_memory(tmp_path):
+    """160 rows of ~400 KiB (64 MiB), one of them refused 10 times while the rest go through: what is read
+    ahead is bounded in bytes, and a delivered record waiting to be committed lets go of its data, so the
+    producer holds a few calls' worth, not the file."""
+    import tracemalloc
+
+    wide = GOOD.replace("World", "W" * 400_000)
+    path = write(tmp_path, "\n".join([HEADER, *[wide] * 160]) + "\n")
+    kinesis = SlowAndStubborn()
+    tracemalloc.start()
+    try:
+        result = produce_file(path, stream_name="s", kinesis=kinesis, progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.records_sent == 160 and result.failed_entries == 10 and kinesis.refused == 10
+    assert peak < 32 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB for a 64 MiB file"

@@ -176,12 +176,19 @@ class _SendRate:
 
 @dataclass(slots=True)
 class _Entry:
-    """A record read from the file, from then until it is delivered and committed (in line order)."""
+    """A record read from the file, from then until it is committed (in line order). Once delivered, only
+    what committing needs is kept: a record failing again and again holds the delivered ones behind it."""
 
-    record: Record
-    request: dict  # its PutRecords entry: {"Data": ..., "PartitionKey": ...}
+    record: Record | None
+    request: dict | None  # its PutRecords entry: {"Data": ..., "PartitionKey": ...}
+    line: int
+    event_id: str
+    kind: str
     failed_at: float = 0.0  # monotonic time of its first failure; 0: never failed
     done: bool = False  # delivered
+
+    def delivered(self) -> None:
+        self.done, self.record, self.request = True, None, None
 
 
 class _Send:
@@ -221,7 +228,7 @@ class _Send:
             reader.data_lines, f"{reader.source_file} -> {stream_name}", unit="row", disable=not progress))
         # the next entries are prepared in a thread while a call waits for Kinesis (set: it may work)
         self.waiting = threading.Event()
-        self.entries = read_ahead(iter(reader), self._prepare, self.waiting)
+        self.entries = read_ahead(iter(reader), self._prepare, self.waiting, size=lambda e: e.record.size)
         self._open.callback(self.entries.close)  # however sending ends, the thread stops
         events = getattr(getattr(kinesis, "meta", None), "events", None)  # a stand-in client may have none
         for event, handler in (("before-send.kinesis.PutRecords", lambda **_: self.waiting.set()),
@@ -234,7 +241,8 @@ class _Send:
     def _prepare(self, record: Record) -> _Entry:
         """In the read-ahead thread: a record over the limits raises here, in line order."""
         self.call.check(record)
-        return _Entry(record, {"Data": record.data, "PartitionKey": record.partition_key})
+        return _Entry(record, {"Data": record.data, "PartitionKey": record.partition_key}, record.line,
+                      record.event_id, record.kind)
 
     def __enter__(self) -> _Send:
         return self
@@ -266,7 +274,7 @@ class _Send:
             self.lookahead = None
             self.window.append(entry)
             call.add(entry, entry.record)
-            self.last_sent = entry.record.line
+            self.last_sent = entry.line
         return call.take()
 
     def wait_for_pace(self, entries: int) -> None:
@@ -296,11 +304,11 @@ class _Send:
             raise self.interrupted(f"the connection to Kinesis failed and stayed down ({exc})") from exc
         answers = response["Records"]
         if not response.get("FailedRecordCount") and len(answers) == len(call):  # all in: no per-entry checks
+            self.result.bytes_sent += sum(len(entry.record.data) for entry in call)
             for entry in call:
-                entry.done = True
+                entry.delivered()
             self.per_shard.update(answer["ShardId"] for answer in answers)
             self.result.records_sent += len(call)
-            self.result.bytes_sent += sum(len(entry.record.data) for entry in call)
             return []
         failed = []
         for entry, answer in zip(call, answers, strict=True):
@@ -308,10 +316,10 @@ class _Send:
                 failed.append(entry)
                 self.last_error = answer["ErrorCode"]
             else:
-                entry.done = True
+                self.result.bytes_sent += len(entry.record.data)
+                entry.delivered()
                 self.per_shard[answer["ShardId"]] += 1
                 self.result.records_sent += 1
-                self.result.bytes_sent += len(entry.record.data)
         self.result.failed_entries += len(failed)
         return failed
 
@@ -338,7 +346,7 @@ class _Send:
             self.result.wait_seconds += pause
 
     def give_up(self) -> None:
-        undelivered = sorted(e.record.line for e in self.retries)
+        undelivered = sorted(e.line for e in self.retries)
         message = (f"{len(undelivered)} record(s) not delivered to stream '{self.stream_name}' after "
                    f"retrying for {self.max_retry_seconds:g} s (last error: {self.last_error}); first "
                    f"undelivered line: {undelivered[0]}; {self.result.records_sent} record(s) delivered "
@@ -357,14 +365,13 @@ class _Send:
             entry = self.window.popleft()
             if not entry.done:
                 continue
-            record = entry.record
-            ids.append(record.event_id)
-            if record.kind == "row":
+            ids.append(entry.event_id)
+            if entry.kind == "row":
                 self.result.csv_rows += 1
             else:
                 self.result.malformed_rows += 1
-                self.result.oversize_rows += record.kind == "oversize"
-            self.line_done = record.line
+                self.result.oversize_rows += entry.kind == "oversize"
+            self.line_done = entry.line
         if ids:
             text = "\n".join(ids) + "\n"
             self.ids_digest.update(text.encode())

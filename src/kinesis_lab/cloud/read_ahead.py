@@ -17,13 +17,16 @@ from typing import TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-CHUNK = 50  # items handed over at once
-CHUNKS = 20  # chunks queued at most: at most CHUNK x CHUNKS items prepared ahead
+CHUNK = 50  # items handed over at once ...
+CHUNK_SIZE = 256 * 1024  # ... or fewer once their sizes add up to this (wide rows: ~1 record a chunk)
+CHUNKS = 20  # chunks queued at most: at most CHUNK x CHUNKS items, about CHUNKS x CHUNK_SIZE bytes, ahead
 THREAD_NAME = "producer-read-ahead"
 
 
-def read_ahead(items: Iterator[T], prepare: Callable[[T], R], allowed: threading.Event) -> Iterator[R]:
-    """``prepare(item)`` for each of ``items``, in order, done by a background thread.
+def read_ahead(items: Iterator[T], prepare: Callable[[T], R], allowed: threading.Event,
+               size: Callable[[R], int] = lambda _: 0) -> Iterator[R]:
+    """``prepare(item)`` for each of ``items``, in order, done by a background thread; ``size``: what a
+    prepared item weighs (bytes), so that wide items are held ahead in bounded memory too.
 
     The thread works while ``allowed`` is set (the caller sets it while it waits for I/O; this
     generator sets it while the caller waits for items), so the two do not take turns at Python's lock
@@ -43,17 +46,20 @@ def read_ahead(items: Iterator[T], prepare: Callable[[T], R], allowed: threading
 
     def work() -> None:
         chunk: list[R] = []
+        weight = 0
         try:
             for item in items:
                 if not chunk:
                     while not allowed.wait(0.1):
                         if stop.is_set():
                             return
-                chunk.append(prepare(item))
-                if len(chunk) == CHUNK:
+                prepared = prepare(item)
+                chunk.append(prepared)
+                weight += size(prepared)
+                if len(chunk) == CHUNK or weight >= CHUNK_SIZE:
                     if not put(chunk):
                         return
-                    chunk = []
+                    chunk, weight = [], 0
                     time.sleep(0)  # hand Python's lock over now: the caller may be waiting for it
         except BaseException as exc:  # handed over after what was prepared before it
             if not chunk or put(chunk):
