@@ -331,6 +331,7 @@ def interrupted_pipeline(lab: Lab, source: Path) -> None:
     while _group_members(seen["killed"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     seen["left_running"] = _group_members(seen["killed"])
+    seen["servers_after_kill"] = lp.server_pids(lab.build_dir)  # its flows must not run on in the server
     seen["error"] = str(err.value)
     seen["after_kill"] = {t: lp.table_rows(lab.build_dir, t) for t in (lp.BRONZE_TABLE, lp.SILVER_TABLE)}
     rerun = lp.run_pipeline(PIPELINE_DIR, source_path=source, build_dir=lab.build_dir, echo=None)
@@ -450,6 +451,8 @@ def test_pipeline_killed_half_way_recovers_without_duplicates(ran):
     # the run died (exit code -9) or, if it saw the server gone first, that the server died
     assert "exit code -9" in seen["error"] or seen["error"].startswith("the Spark server died"), seen["error"]
     assert seen["left_running"] == []  # the whole process group (JVM included) is gone
+    # nor does the build folder's server run on with the killed run's flows (they would collide with the rerun's)
+    assert seen["servers_after_kill"] == [], seen["error"]
     # killed mid-run: bronze had committed, silver had not finished
     assert seen["after_kill"][lp.BRONZE_TABLE] > 0
     total_silver = lp.table_rows(ran.build_dir, lp.SILVER_TABLE)

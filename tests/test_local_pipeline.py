@@ -651,3 +651,19 @@ def test_a_server_that_does_not_answer_is_detected(tmp_path):
         assert lp_server._answers("127.0.0.1", port, timeout=5.0) is True
     finally:
         server.stop(None)
+
+
+def test_a_killed_run_s_half_written_checkpoint_files_are_dropped(tmp_path):
+    """A run killed while Spark wrote ``offsets/0`` leaves ``.0.<uuid>.tmp``: the next run's flow, at batch 0,
+    would refuse the folder (STATE_STORE_CHECKPOINT_LOCATION_NOT_EMPTY). Only those files go."""
+    flow = tmp_path / "lakehouse" / "storage" / "_checkpoints" / "spark_catalog" / "silver" / "q" / "q" / "0"
+    kept = [flow / "metadata", flow / "offsets" / "0", flow / "commits" / "0", flow / "sources" / "0" / "0",
+            flow / "sources" / "0" / ".0.crc", flow / "state" / ".1.delta.tmp"]
+    partial = [flow / "offsets" / ".1.42c269d6-12a5-4c04-9c8f-a931afee0f90.tmp",
+               flow / "commits" / ".1.0b8e7f4e-0f1d-4d52-9a77-3c1d1b2a9f10.tmp"]
+    for path in kept + partial:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    assert sorted(lp_runner.drop_partial_checkpoint_writes(tmp_path / "lakehouse")) == sorted(partial)
+    assert [p for p in kept if p.exists()] == kept and not [p for p in partial if p.exists()]
+    assert lp_runner.drop_partial_checkpoint_writes(tmp_path / "empty") == []  # no checkpoints yet

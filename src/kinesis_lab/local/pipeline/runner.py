@@ -40,6 +40,7 @@ PROGRESS_LINE = re.compile(
 SERVER_LINE = re.compile(r"^Spark Connect server (started|reused): pid (\d+)")
 FLOW_STATE = re.compile(r"(?:(\d\d:\d\d:\d\d): )?Flow '?(?:\S+\.)?(\w+)'? (?:is|has) ([A-Z]+)")
 RUN_STATE = re.compile(r"Run is ([A-Z]+)")
+RUN_ENDED = {"COMPLETED", "FAILED", "CANCELED"}
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,7 @@ def _run_locked(
             echo(
                 "the mirror now holds another bucket's objects (a new local stack?): full refresh of every table"
             )
+    drop_partial_checkpoint_writes(lakehouse)
     command = _pipelines_command(spec_path, full_refresh, dry_run)
     with marked_run(build_dir) if reuse else contextlib.nullcontext():
         run = _run_subprocess(
@@ -236,6 +238,18 @@ def _run_locked(
     if source and not dry_run:
         (lakehouse / BUILT_FROM).write_text(json.dumps(source))
     return run
+
+
+def drop_partial_checkpoint_writes(lakehouse: Path) -> list[Path]:
+    """Delete what a killed run left half-written in its streaming checkpoints: ``.<n>.<uuid>.tmp`` files in
+    ``offsets/`` and ``commits/`` (Spark writes a temporary file, then renames it). Spark never reads them,
+    but a flow restarting at batch 0 refuses an ``offsets/`` folder that is not empty
+    (STATE_STORE_CHECKPOINT_LOCATION_NOT_EMPTY), so the next run would fail. Called with no run going."""
+    checkpoints = lakehouse / "storage" / "_checkpoints"
+    partial = [p for p in checkpoints.rglob(".*.tmp") if p.parent.name in ("offsets", "commits")]
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
 
 
 def run_env(pipeline_dir: Path, static_conf: Mapping[str, str]) -> dict[str, str]:
@@ -307,12 +321,20 @@ def _run_subprocess(
     server = output.server
     if returncode != 0 and reuse and server and not procs.is_ours(server[-1][1], server_signature(lakehouse)):
         raise _server_died(build_dir, log_path)
+    stopped = False
+    if returncode != 0 and reuse and not (output.run_states and output.run_states[-1] in RUN_ENDED):
+        # the run's process died before the run ended (killed from outside): its flows may still be
+        # running in the server, and would collide with the next run's; none may outlive the run
+        stopped = stop_pipeline_server(build_dir)
     if returncode != 0 or (output.run_states and output.run_states[-1] != "COMPLETED"):
         failed = sorted(name for name, state in output.flows.items() if state == "FAILED")
         raise PipelineError(
             f"pipeline run failed (exit code {returncode}"
             + (f", failed flows: {', '.join(failed)}" if failed else "")
-            + f") after {duration:.0f} s; full log: {log_path}\n{_log_tail(log_path)}"
+            + f") after {duration:.0f} s"
+            + ("; stopped the build folder's Spark Connect server (the run's flows may have been running in it)"
+               if stopped else "")
+            + f"; full log: {log_path}\n{_log_tail(log_path)}"
         )
     if echo is not None:
         echo(f"pipeline run finished in {duration:.1f} s (log: {log_path})")
