@@ -317,17 +317,23 @@ def test_read_ahead_keeps_the_order_and_raises_where_the_error_is():
     assert out == [n * 2 for n in range(120)]
 
 
-def test_read_ahead_holds_a_bounded_number_of_items_and_stops_when_closed():
-    read: list[int] = []
+def endless_items(read: list[int]):
+    """0, 1, 2, ... for ever, each noted in ``read`` when it is taken."""
+    for n in itertools.count():
+        read.append(n)
+        yield n
 
-    def items():
-        for n in itertools.count():
-            read.append(n)
-            yield n
 
+def allowed_now() -> threading.Event:
     allowed = threading.Event()
     allowed.set()
-    ahead = read_ahead.read_ahead(items(), lambda n: n, allowed)
+    return allowed
+
+
+def test_read_ahead_holds_a_bounded_number_of_items_and_stops_when_closed():
+    read: list[int] = []
+    items, allowed = endless_items(read), allowed_now()
+    ahead = read_ahead.read_ahead(items, lambda n: n, allowed)
     assert next(ahead) == 0
     bound = read_ahead.CHUNK * (read_ahead.CHUNKS + 2)  # queued + being built + being used
     wait_until(lambda: len(read) >= read_ahead.CHUNK * read_ahead.CHUNKS, "the read-ahead thread to fill its queue")
@@ -359,15 +365,8 @@ def test_a_record_over_the_call_limit_fails_after_the_lines_before_it_are_sent(t
 
 def test_read_ahead_of_wide_items_is_bounded_by_their_size():
     read: list[int] = []
-
-    def items():
-        for n in itertools.count():
-            read.append(n)
-            yield n
-
-    allowed = threading.Event()
-    allowed.set()
-    ahead = read_ahead.read_ahead(items(), lambda n: n, allowed, size=lambda _: 512 * 1024)  # a chunk each
+    items, allowed = endless_items(read), allowed_now()
+    ahead = read_ahead.read_ahead(items, lambda n: n, allowed, size=lambda _: 512 * 1024)  # a chunk each
     assert next(ahead) == 0
     wait_until(lambda: len(read) >= read_ahead.CHUNKS, "the read-ahead thread to fill its queue")
     assert len(read) <= read_ahead.CHUNKS + 2  # queued + being built + being used: not CHUNK x CHUNKS
