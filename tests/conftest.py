@@ -86,6 +86,20 @@ pipeline_runner._run_subprocess = _guarded(
 )
 
 
+def _registry(stop):
+    """A session fixture's body: yields ``register(folder)`` -> ``folder`` and, at the end of the session,
+    calls ``stop(folder)`` on every folder registered."""
+    folders: list[Path] = []
+
+    def register(folder: Path) -> Path:
+        folders.append(Path(folder))
+        return Path(folder)
+
+    yield register
+    for folder in folders:
+        stop(folder)
+
+
 # --- the local stack ---------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def local_stack_dir(tmp_path_factory):
@@ -131,15 +145,7 @@ def private_stacks():
     """``private_stacks(state_dir)`` -> ``state_dir``: a state folder for a stack of a test's or a
     module's own, started by the test (``stack.up``, ``kinesis-lab up``, a notebook); the user stops
     it, and whatever still runs there is stopped at the end of the session."""
-    folders: list[Path] = []
-
-    def register(state_dir: Path) -> Path:
-        folders.append(Path(state_dir))
-        return Path(state_dir)
-
-    yield register
-    for folder in folders:
-        stack.down(folder)
+    yield from _registry(stack.down)
 
 
 @pytest.fixture
@@ -157,15 +163,7 @@ def pipeline_builds():
     reuse) its own Spark Connect server. Every module that runs the pipeline has its own: they would
     collide in one (same database and tables, and several kill or replace their server on purpose).
     Servers still running are stopped at the end of the session."""
-    folders: list[Path] = []
-
-    def register(build_dir: Path) -> Path:
-        folders.append(Path(build_dir))
-        return Path(build_dir)
-
-    yield register
-    for folder in folders:
-        local_pipeline.stop_pipeline_server(folder)
+    yield from _registry(local_pipeline.stop_pipeline_server)
 
 
 @pytest.fixture(scope="session")
