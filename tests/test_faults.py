@@ -24,6 +24,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ReadTimeoutError
+from helpers import children_of, dummy_session, group_members, stop_processes
 from waiting import DEADLINE
 
 from kinesis_lab.cloud.dataset import COLUMNS, SAMPLE_PATH, generate_synthetic_sample
@@ -78,32 +79,6 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _children_of(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
-def _group_members(pgid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                out.append(int(entry.name))
-    return out
-
-
 def listening_addresses(pids: list[int]) -> set[str]:
     """``ip:port`` of every TCP socket in LISTEN state that one of ``pids`` holds (from /proc)."""
     inodes = set()
@@ -141,21 +116,13 @@ def lab(tmp_path_factory, private_stacks, pipeline_builds):
     base = tmp_path_factory.mktemp("faults")
     state, _ = stack.up(private_stacks(base / "state"), REGION)
     pipeline_builds(base / "build")
-    session = boto3.Session(
-        region_name=REGION,
-        aws_access_key_id=stack.DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=stack.DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
-    lab = Lab(state, base / "state", base / "build", session)
+    lab = Lab(state, base / "state", base / "build", dummy_session())
     try:
         yield lab
     finally:
         if hasattr(lp, "stop_pipeline_server"):  # the build folder's long-lived Spark server, if any
             lp.stop_pipeline_server(lab.build_dir)
-        for proc in lab.restarted:  # only the processes this module started
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_processes(lab.restarted)  # only the processes this module started
         stack.down(base / "state")
 
 
@@ -306,7 +273,7 @@ def interrupted_pipeline(lab: Lab, source: Path) -> None:
     def pipeline_pid() -> int:
         [pid] = [
             p
-            for p in _children_of(parent)
+            for p in children_of(parent)
             if b"kinesis_lab.local.pipeline.spark_cli" in Path(f"/proc/{p}/cmdline").read_bytes()
         ]
         return pid
@@ -314,7 +281,7 @@ def interrupted_pipeline(lab: Lab, source: Path) -> None:
     def spark_processes(pid: int) -> list[int]:
         # the run's process group, and the build folder's long-lived Spark Connect server if it has one
         servers = lp.server_pids(lab.build_dir) if hasattr(lp, "server_pids") else []
-        return sorted(set(_group_members(pid)) | set(servers))
+        return sorted(set(group_members(pid)) | set(servers))
 
     def echo(line: str) -> None:
         if "bronze_events is STARTING" in line:
@@ -328,9 +295,9 @@ def interrupted_pipeline(lab: Lab, source: Path) -> None:
     with pytest.raises(lp.PipelineError) as err:
         lp.run_pipeline(PIPELINE_DIR, source_path=source, build_dir=lab.build_dir, echo=echo, timeout=600)
     deadline = time.monotonic() + DEADLINE  # SIGKILLed: gone as soon as the kernel has reaped it
-    while _group_members(seen["killed"]) and time.monotonic() < deadline:
+    while group_members(seen["killed"]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    seen["left_running"] = _group_members(seen["killed"])
+    seen["left_running"] = group_members(seen["killed"])
     seen["servers_after_kill"] = lp.server_pids(lab.build_dir)  # its flows must not run on in the server
     seen["error"] = str(err.value)
     seen["after_kill"] = {t: lp.table_rows(lab.build_dir, t) for t in (lp.BRONZE_TABLE, lp.SILVER_TABLE)}

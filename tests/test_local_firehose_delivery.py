@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from helpers import FakeClock
 
 from kinesis_lab.local.firehose.checkpoints import FILE_NAME, CheckpointStore, stream_key
 from kinesis_lab.local.firehose.delivery import (
@@ -27,14 +28,6 @@ T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 
 def rec(data: bytes, seq: str = "1", shard: str = "shardId-000000000000") -> KinesisRecord:
     return KinesisRecord(shard, seq, data, T0)
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- buffering --------------------------------------------------------------------------------------

@@ -12,10 +12,9 @@ import os
 import signal
 import subprocess
 import sys
-from functools import partial
 
-import boto3
 import pytest
+from helpers import clients_for, stop_processes
 from test_local_firehose_stack import (
     checkpointed,
     delivery_key,
@@ -59,20 +58,12 @@ def set_interval(clients, name: str, seconds: int) -> str:
 @pytest.fixture
 def own_stack(private_stacks, tmp_path):
     state, _ = stack.up(private_stacks(tmp_path), REGION)
-    session = boto3.Session(
-        region_name=REGION,
-        aws_access_key_id=stack.DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=stack.DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
-    clients = partial(session.client, endpoint_url=state.endpoint)  # never the shared stack's endpoint
+    clients = clients_for(state.endpoint)  # never the shared stack's endpoint
     started: list[subprocess.Popen] = []
     try:
         yield state, tmp_path, clients, started
     finally:
-        for proc in started:  # only the processes this test started
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_processes(started, timeout=5)  # only the processes this test started
         stack.down(tmp_path)
 
 

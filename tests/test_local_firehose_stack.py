@@ -11,6 +11,7 @@ from datetime import UTC
 from pathlib import Path
 
 import pytest
+from helpers import read_shards
 from waiting import DEADLINE, LogWatch, wait_until
 
 from kinesis_lab.cloud.firehose_config import build_delivery_stream_request, create_delivery_stream
@@ -98,19 +99,11 @@ def delivery_key(clients, name: str) -> str:
 
 def last_positions(clients, stream: str, records: list[bytes]) -> dict[str, int]:
     """Shard -> sequence number of the last of ``records`` in it, read back from the stream."""
-    kinesis, wanted, out = clients("kinesis"), set(records), {}
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while True:
-            page = kinesis.get_records(ShardIterator=iterator, Limit=10000)
-            if not page["Records"]:
-                break
-            for rec in page["Records"]:
-                if rec["Data"] in wanted:
-                    out[shard["ShardId"]] = max(out.get(shard["ShardId"], 0), int(rec["SequenceNumber"]))
-            iterator = page["NextShardIterator"]
+    wanted, out = set(records), {}
+    for shard_id, shard_records in read_shards(clients("kinesis"), stream).items():
+        for rec in shard_records:
+            if rec["Data"] in wanted:
+                out[shard_id] = max(out.get(shard_id, 0), int(rec["SequenceNumber"]))
     return out
 
 
@@ -149,15 +142,11 @@ def wait_for_a_whole_poll(clients, state_dir, tag: str) -> None:
 
 def arrival_times(clients, stream: str) -> dict[bytes, object]:
     """Record bytes -> ApproximateArrivalTimestamp, read back from every shard."""
-    kinesis = clients("kinesis")
-    out = {}
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        it = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )
-        for rec in kinesis.get_records(ShardIterator=it["ShardIterator"], Limit=10000)["Records"]:
-            out[rec["Data"]] = rec["ApproximateArrivalTimestamp"].astimezone(UTC)
-    return out
+    return {
+        rec["Data"]: rec["ApproximateArrivalTimestamp"].astimezone(UTC)
+        for shard_records in read_shards(clients("kinesis"), stream).values()
+        for rec in shard_records
+    }
 
 
 # --- tests ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import record_line, stop_processes
 from waiting import DEADLINE, wait_until
 
 from kinesis_lab.cloud.prefixes import static_folder
@@ -157,22 +158,7 @@ _counter = iter(range(1, 10**6))
 
 
 def rec(event_id: str | None = None, **overrides) -> str:
-    fields = {
-        "Country": "Chad",
-        "Country_Code": "TCD",
-        "Region": "Sub-Saharan Africa",
-        "Year": "2015",
-        "Child_Labor_Rate_Percent": "38.2",
-        "Estimated_Children_Millions": "2.41",
-        "Gender": "Total",
-        "Age_Group": "5-17 years",
-        "event_id": event_id or f"evt-{next(_counter):04d}",
-        "source_file": "child_labor.csv",
-        "source_line": 2,
-        "produced_at": "2026-11-26T01:02:03.123Z",
-    }
-    fields.update(overrides)
-    return json.dumps(fields)
+    return record_line(event_id or f"evt-{next(_counter):04d}", **overrides)
 
 
 def bad_marker(event_id: str) -> str:
@@ -473,9 +459,7 @@ def fake_servers():
         return process
 
     yield start
-    for process in started:
-        process.kill()
-        process.wait()
+    stop_processes(started)
 
 
 def write_discovery(build_dir: Path, pid: int) -> Path:

@@ -18,6 +18,7 @@ import time
 
 import boto3
 import pytest
+from helpers import stop_processes
 from test_local_pipeline import PIPELINE_DIR, PREFIX, rec
 from waiting import DEADLINE
 
@@ -160,6 +161,4 @@ def test_the_runner_watches_the_server_it_announced(tmp_path):
             runner._wait_watching_server(hung_run, 600, [("reused", server.pid)], lakehouse)
         assert time.monotonic() - began < DEADLINE and hung_run.poll() is None  # noticed, not the 600 s timeout
     finally:
-        for process in (server, hung_run):
-            process.kill()
-            process.wait(timeout=10)
+        stop_processes((server, hung_run))

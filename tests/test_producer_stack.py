@@ -10,6 +10,7 @@ from collections import Counter
 import boto3
 import pytest
 from botocore.config import Config
+from helpers import read_shards
 
 from kinesis_lab.cloud.dataset import COLUMNS, SAMPLE_PATH
 from kinesis_lab.cloud.producer import DeliveryError, SendInterrupted, produce_file
@@ -30,21 +31,14 @@ def kinesis(aws_clients):
 def read_stream(kinesis) -> dict[str, list[dict]]:
     """Every record of every shard (shard id -> decoded JSON bodies), read with get_records."""
     out = {}
-    for shard in kinesis.list_shards(StreamName=STREAM)["Shards"]:
-        iterator = kinesis.get_shard_iterator(StreamName=STREAM, ShardId=shard["ShardId"],
-                                              ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    for shard_id, records in read_shards(kinesis, STREAM).items():
         bodies = []
-        while True:
-            page = kinesis.get_records(ShardIterator=iterator, Limit=10000)
-            if not page["Records"]:
-                break
-            for record in page["Records"]:
-                assert record["Data"].endswith(b"\n")
-                body = json.loads(record["Data"])
-                assert record["PartitionKey"] == body["event_id"]
-                bodies.append(body)
-            iterator = page["NextShardIterator"]
-        out[shard["ShardId"]] = bodies
+        for record in records:
+            assert record["Data"].endswith(b"\n")
+            body = json.loads(record["Data"])
+            assert record["PartitionKey"] == body["event_id"]
+            bodies.append(body)
+        out[shard_id] = bodies
     return out
 
 
@@ -108,12 +102,7 @@ def test_simulated_failures_are_not_written(kinesis):
 
 
 def _raw_records(kinesis) -> list[dict]:
-    out = []
-    for shard in kinesis.list_shards(StreamName=STREAM)["Shards"]:
-        iterator = kinesis.get_shard_iterator(StreamName=STREAM, ShardId=shard["ShardId"],
-                                              ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-        out += kinesis.get_records(ShardIterator=iterator, Limit=10000)["Records"]
-    return out
+    return [record for records in read_shards(kinesis, STREAM).values() for record in records]
 
 
 def test_gives_up_with_a_clear_error_and_removes_its_hooks(kinesis):

@@ -5,19 +5,12 @@ from __future__ import annotations
 
 import nbformat
 import pytest
+from helpers import FakeClock
 from nbclient import NotebookClient
 
 from kinesis_lab.cloud.dataset import SAMPLE_PATH
 from kinesis_lab.cloud.progress import Progress, in_jupyter_kernel, progress_bar
 from kinesis_lab.cloud.records import RecordReader
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def notebook_bar(total=540, **kwargs):

@@ -27,6 +27,7 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from helpers import DENIED, error_code
 
 from kinesis_lab.cloud import policies, teardown
 from kinesis_lab.local import pipeline as lp
@@ -51,17 +52,6 @@ def user_session(iam, name: str, policy: dict) -> boto3.Session:
     return boto3.Session(
         aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"], region_name=REGION
     )
-
-
-def error_code(call) -> str:
-    try:
-        call()
-    except ClientError as exc:
-        return exc.response["Error"]["Code"]
-    return ""
-
-
-DENIED = {"AccessDenied", "403", "AccessDeniedException"}
 
 
 def test_firehose_role_writes_its_bucket_and_nothing_else(aws_clients, clean_stack):

@@ -20,11 +20,10 @@ import threading
 import time
 import urllib.request
 import warnings
-from functools import partial
 from pathlib import Path
 
-import boto3
 import pytest
+from helpers import clients_for, stop_processes
 from test_local_firehose_stack import make_delivery_stream, make_source, read_objects
 from test_stack_cli import run_cli
 from waiting import DEADLINE, wait_until
@@ -54,19 +53,7 @@ def own_processes():
         return started[-1]
 
     yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def clients_for(endpoint: str):
-    session = boto3.Session(
-        region_name=REGION,
-        aws_access_key_id=stack.DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=stack.DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
-    return partial(session.client, endpoint_url=endpoint)
+    stop_processes(started)
 
 
 def lab_pids(state_dir: Path) -> dict[str, list[int]]:

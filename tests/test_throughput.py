@@ -10,6 +10,7 @@ import time as real_time
 from collections import Counter
 
 import pytest
+from helpers import FakeClock, read_shards
 
 from kinesis_lab.cloud import producer
 from kinesis_lab.cloud.dataset import COLUMNS, generate_synthetic_sample
@@ -19,14 +20,6 @@ from kinesis_lab.local.throttling import ShardCapacity, hash_key, simulate_capac
 
 TOP = 2**128
 FOUR = [(f"shardId-{i:012d}", i * TOP // 4, (i + 1) * TOP // 4 - 1) for i in range(4)]
-
-
-class FakeClock:
-    def __init__(self, t: float = 100.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def keys_by_shard(capacity: ShardCapacity, wanted: dict[str, int]) -> list[str]:
@@ -92,7 +85,7 @@ def test_a_burst_over_capacity_fails_exactly_the_entries_over_it_per_shard():
     assert capacity.throttled == {sids[0]: 5, sids[3]: 2}
 
     # half a second later: 5 tokens more per shard (sids[2] kept its 7 unused ones: 10 at most)
-    clock.t += 0.5
+    clock.now += 0.5
     again = keys_by_shard(capacity, {sid: 11 for sid in sids})
     failed = capacity.admit(entries(again))
     assert Counter(sid for _, sid in failed) == {sids[0]: 6, sids[1]: 6, sids[2]: 1, sids[3]: 6}
@@ -109,9 +102,9 @@ def test_throttled_entries_use_no_capacity_and_refill_stops_at_the_burst():
     )
     key = keys_by_shard(capacity, {"shardId-000000000000": 1})[0]
     assert capacity.admit(entries([key] * 3)) == [(0, FOUR[0][0]), (1, FOUR[0][0]), (2, FOUR[0][0])]
-    clock.t += 0.25  # one token
+    clock.now += 0.25  # one token
     assert [i for i, _ in capacity.admit(entries([key] * 3))] == [1, 2]
-    clock.t += 100  # refills to the burst (0.5 s x 4/s = 2 tokens), not to 400
+    clock.now += 100  # refills to the burst (0.5 s x 4/s = 2 tokens), not to 400
     assert [i for i, _ in capacity.admit(entries([key] * 5))] == [2, 3, 4]
 
 
@@ -125,7 +118,7 @@ def test_the_byte_limit_counts_data_and_partition_key_per_shard():
     assert [i for i, _ in capacity.admit(calls)] == [1, 3]
     assert capacity.admitted_bytes == 90
     text = [{"Data": "é" * 10, "PartitionKey": key}]  # str data counts UTF-8 bytes
-    clock.t += 1
+    clock.now += 1
     assert capacity.admit(text * 5) == [(4, "shardId-000000000002")]  # 20 + len(key) bytes each
 
 
@@ -142,18 +135,8 @@ def test_bad_settings_are_refused():
 
 # --- the hooks on a real client ---------------------------------------------------------------------
 def read_back(kinesis, stream: str) -> list[dict]:
-    out = []
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while True:
-            page = kinesis.get_records(ShardIterator=iterator, Limit=10000)
-            if not page["Records"]:
-                break
-            out += [{**r, "ShardId": shard["ShardId"]} for r in page["Records"]]
-            iterator = page["NextShardIterator"]
-    return out
+    return [{**r, "ShardId": shard_id} for shard_id, records in read_shards(kinesis, stream).items()
+            for r in records]
 
 
 def test_hooks_fail_the_over_capacity_entries_in_place_and_do_not_write_them(aws_clients):
@@ -163,7 +146,7 @@ def test_hooks_fail_the_over_capacity_entries_in_place_and_do_not_write_them(aws
     with simulate_capacity(kinesis, "capacity", records_per_second=5, initial_fill=1.0, clock=clock) as sim:
         keys = [f"k{n}" for n in range(40)]
         first = kinesis.put_records(StreamName="capacity", Records=entries(keys))
-        clock.t += 0.4  # 2 tokens per shard
+        clock.now += 0.4  # 2 tokens per shard
         second = kinesis.put_records(StreamName="capacity", Records=entries(keys))
         third = kinesis.put_records(StreamName="capacity", Records=entries(keys[:3]))  # no tokens left
     assert third["FailedRecordCount"] == 3  # a call with every entry over capacity: answered, not sent
