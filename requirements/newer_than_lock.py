@@ -1,4 +1,4 @@
-"""Print the packages whose installed version differs from requirements/lock.txt (make test-latest).
+"""Print the packages whose installed version is none of those requirements/lock.txt pins (make test-latest).
 
 usage: python requirements/newer_than_lock.py LOCK FREEZE
 """
@@ -7,22 +7,23 @@ import re
 import sys
 
 
-def pins(path: str) -> dict[str, str]:
-    found = {}
+def pins(path: str) -> dict[str, set[str]]:
+    """name -> every version pinned for it (a universal lock may pin one per Python version)."""
+    found: dict[str, set[str]] = {}
     for line in open(path, encoding="utf-8"):
         match = re.match(r"^([A-Za-z0-9_.\-\[\]]+)==([^\s;\\]+)", line)
         if match:
-            found[re.sub(r"[-_.]+", "-", match.group(1).split("[")[0]).lower()] = match.group(2)
+            found.setdefault(re.sub(r"[-_.]+", "-", match.group(1)).lower(), set()).add(match.group(2))
     return found
 
 
 def main(lock: str, freeze: str) -> None:
     locked, latest = pins(lock), pins(freeze)
-    changed = sorted(name for name in latest if name in locked and locked[name] != latest[name])
-    added = sorted(set(latest) - set(locked) - {"kinesis-lab"})
-    print(f"== {len(changed)} package(s) newer than {lock}" + (":" if changed else ""))
+    changed = sorted(name for name in latest if name in locked and not latest[name] <= locked[name])
+    added = sorted(set(latest) - set(locked) - {"kinesis-lab", "pip", "setuptools"})
+    print(f"== {len(changed)} package(s) at a version {lock} does not pin" + (":" if changed else ""))
     for name in changed:
-        print(f"   {name}: {locked[name]} -> {latest[name]}")
+        print(f"   {name}: {', '.join(sorted(latest[name]))} (locked: {', '.join(sorted(locked[name]))})")
     if added:
         print("== not in the lock: " + ", ".join(added))
 
