@@ -4,9 +4,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-NBVAL_ARGS := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
-# nbval re-runs the committed notebooks on a private stack and build folder, then compares the checked outputs
-NBVAL_ENV := LAB_BUILD_DIR=$(CURDIR)/build/nbval LAB_STATE_DIR=$(CURDIR)/build/nbval/stack
 
 .PHONY: help install lock test-latest demo test test-under-load lint unit nbval lab up down status doctor notebooks bench clean
 
@@ -61,9 +58,9 @@ demo: install
 # two workers, each module on one of them, the longest modules first (see tests/conftest.py)
 XDIST_ARGS ?= -n 2 --dist loadscope --no-loadscope-reorder
 
+# the committed notebooks' nbval run is one of the suite's tests (tests/test_nbval.py), on a worker of its own
 test: install lint
 	$(BIN)/python -m pytest tests $(XDIST_ARGS) $(PYTEST_ARGS)
-	$(MAKE) nbval
 
 lint: install
 	$(BIN)/ruff check .
@@ -81,9 +78,7 @@ test-under-load: install
 	done
 
 nbval: install
-	rm -rf build/nbval
-	$(NBVAL_ENV) $(BIN)/python -m pytest $(NBVAL_ARGS) notebooks; status=$$?; \
-	  $(NBVAL_ENV) $(BIN)/kinesis-lab down >/dev/null; exit $$status
+	$(BIN)/python -m pytest tests/test_nbval.py $(PYTEST_ARGS)
 
 # JupyterLab on the repository root (the notebooks' ../images/ resolve), 00_setup open; on local it starts the stack
 lab: install
