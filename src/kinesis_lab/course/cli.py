@@ -62,8 +62,10 @@ def running_as_root() -> bool:
 
 def jupyter_lab_command(home: Path, extra: Sequence[str] = ()) -> list[str]:
     """The JupyterLab command of `make lab` / `kinesis-lab lab`. It serves the repository root, so the notebooks'
-    ``../images/...`` resolve (served from notebooks/ they fall outside the server: 403), and opens 00_setup."""
-    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={Path(home).resolve()}"]
+    ``../images/...`` resolve (served from notebooks/ they fall outside the server: 403), and opens 00_setup:
+    in the browser it starts, and as the URL it prints (``default_url``; else the URL opens the Launcher)."""
+    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={Path(home).resolve()}",
+           f"--LabApp.default_url=/lab/tree/{LAB_NOTEBOOK.as_posix()}"]
     if running_as_root():
         cmd.append("--allow-root")  # containers, WSL, cloud VMs: JupyterLab refuses root without it
     return [*cmd, *extra, str(Path(home).resolve() / LAB_NOTEBOOK)]
@@ -78,6 +80,10 @@ def cmd_lab(args, extra: Sequence[str] = ()) -> int:
     if importlib.util.find_spec("jupyterlab") is None:
         raise CliError("JupyterLab is not installed here: pip install -e '.[lab]' (`make lab` does it)")
     env = dict(os.environ)
+    # JupyterLab's terminals get this Python first on PATH: `kinesis-lab`, `python -m kinesis_lab...` as in the blocks
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if sys.prefix != sys.base_prefix:
+        env["VIRTUAL_ENV"] = sys.prefix
     if not cfg.is_local:
         print("target aws: no local stack; the notebooks use your AWS credentials")
     elif args.no_stack:
