@@ -186,6 +186,13 @@ def cmd_produce(args) -> int:
               "safe (silver keeps each event_id once).", file=sys.stderr)
         return 1
     show(result)
+    if not args.stream:  # the lab's stream: what 05-09 check, recorded as notebook 04 records it
+        from kinesis_lab.cloud.summary import update_summary
+
+        path = Path(args.dataset).resolve()
+        update_summary(cfg.build_dir, dataset=path.name, dataset_path=str(path), csv_rows=result.csv_rows,
+                       malformed_rows=result.malformed_rows, records_sent=result.records_sent,
+                       records_retried=result.records_retried)
     return 0
 
 
