@@ -65,3 +65,19 @@ def test_05_names_04_when_nothing_was_sent(fresh_stack, tmp_path):
     with pytest.raises(MissingPrerequisite) as missing:
         require(cfg, Lab, "records_sent", "bucket", "delivery_stream")  # checked in series order
     assert str(missing.value) == "delivery stream salud-firehose-tos3 does not exist: run 03_firehose_delivery_stream first"
+
+
+def test_99_lists_a_demo_stream_it_could_not_delete(fresh_stack, tmp_path):
+    """An endpoint that dropped 04's demo stream's tags (or a run stopped between create and tag) leaves an untagged
+    stream of the lab's name: 99 keeps it (not provably the lab's) and says so, never "nothing of the lab is left"."""
+    import boto3
+
+    boto3.client("kinesis", region_name=REGION).create_stream(StreamName="jm-demo-kinesis-lab-demo",
+                                                              StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    [path] = (REPO / "notebooks").glob("99_*.ipynb")
+    papermill.execute_notebook(str(path), str(tmp_path / path.name), cwd=str(path.parent), progress_bar=False,
+                               kernel_name="python3", parameters={"stop_local_stack": False})
+    nb = nbformat.read(tmp_path / path.name, as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "left alone: Kinesis stream jm-demo-kinesis-lab-demo (kept: not tagged as this lab's)" in text
+    assert "nothing of the lab is left" not in text and "nothing else of the lab is left" in text
