@@ -20,7 +20,6 @@ from pathlib import Path
 
 import boto3
 import nbformat
-import papermill
 import pytest
 
 from kinesis_lab.local import stack
@@ -72,37 +71,45 @@ def test_every_notebook_but_08_and_09_has_blocks():
         n, as_version=4).cells if c.cell_type == "markdown")} == {"00", "01", "02", "03", "04", "05", "06", "07", "99"}
 
 
-@pytest.fixture
-def root(tmp_path, private_stacks, aws_cli, monkeypatch):
-    """A folder laid out as the repository root, the environment a learner's terminal has (the CLI v2 first on
-    PATH, no AWS settings of this machine), and this process pointed at the same (private) stack."""
-    folder = tmp_path / "repo"
+def make_root(tmp_path: Path, name: str, private_stacks, aws_cli: str) -> tuple[Path, dict[str, str]]:
+    """A folder laid out as the repository root, and the environment a learner's terminal has there: the CLI v2
+    first on PATH, none of this machine's AWS settings, the folder's own stack (``.lab``) and build folder."""
+    folder = tmp_path / name
     folder.mkdir()
     (folder / ".venv").symlink_to(Path(sys.prefix))
     (folder / "data").symlink_to(REPO / "data")
     state_dir = private_stacks(folder / ".lab")
-    tools = tmp_path / "bin"
+    tools = tmp_path / f"{name}-bin"
     tools.mkdir()
     (tools / "aws").symlink_to(aws_cli)
-    for key in list(os.environ):
-        if key.startswith(("AWS_", "LAB_")):
-            monkeypatch.delenv(key)
-    for key, value in {"LAB_STATE_DIR": str(state_dir), "LAB_BUILD_DIR": str(folder / "build"),
-                       "LAB_TARGET": "local", "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-                       "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"), "AWS_PAGER": "",
-                       "PATH": os.pathsep.join([str(tools), os.environ["PATH"]])}.items():
-        monkeypatch.setenv(key, value)
-    yield folder
-    stack.down(state_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LAB_"))}
+    env.update({"LAB_STATE_DIR": str(state_dir), "LAB_BUILD_DIR": str(folder / "build"), "LAB_TARGET": "local",
+                "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"), "AWS_PAGER": "",
+                "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+                "PATH": os.pathsep.join([str(tools), os.environ["PATH"]])})
+    return folder, env
 
 
-def run_bash(root: Path, parts: list[tuple[str, str]]) -> str:
-    """One bash session running the blocks in order (``set -eo pipefail``: the first failing line stops it)."""
-    script = "set -eo pipefail\n" + "".join(f"echo '### {name}'\n{block}\n" for name, block in parts)
-    done = subprocess.run(["bash", "-c", script], cwd=root, capture_output=True, text=True, timeout=900)
-    output = done.stdout + done.stderr
-    started = [line for line in done.stdout.splitlines() if line.startswith("### ")]
-    assert done.returncode == 0, f"failed in {started[-1] if started else '?'}:\n{output[-4000:]}"
+def script(parts: list[tuple[str, str]]) -> str:
+    """One bash session running ``parts`` in order (``set -eo pipefail``: the first failing line stops it)."""
+    return "set -eo pipefail\n" + "".join(f"echo '### {name}'\n{block}\n" for name, block in parts)
+
+
+def start(root: Path, env: dict[str, str], parts: list[tuple[str, str]], log: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(["bash", "-c", script(parts)], cwd=root, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def finish(proc: subprocess.Popen, log: Path, order: str) -> str:
+    try:
+        proc.wait(timeout=900)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    output = log.read_text()
+    started = [line for line in output.splitlines() if line.startswith("### ")]
+    assert proc.returncode == 0, f"{order}: failed in {started[-1] if started else '?'}:\n{output[-4000:]}"
     return output
 
 
@@ -110,15 +117,16 @@ def named_blocks(notebook: Path) -> list[tuple[str, str]]:
     return [(f"{notebook.stem} block {i + 1}", b) for i, b in enumerate(blocks(notebook))]
 
 
-def run_cells(notebook: Path, out_dir: Path) -> None:
-    out_dir.mkdir(exist_ok=True)
-    papermill.execute_notebook(str(notebook), str(out_dir / notebook.name), cwd=str(notebook.parent),
-                               progress_bar=False, kernel_name="python3")
+def cells(notebook: Path) -> tuple[str, str]:
+    """Run a notebook's cells from the terminal, with papermill (the kernel inherits the terminal's environment)."""
+    out = f"build/executed/{notebook.name}"
+    return (f"{notebook.stem} cells", f"mkdir -p build/executed\n{sys.executable} -m papermill --cwd {REPO / 'notebooks'} -k "
+            f"python3 --no-progress-bar --log-level WARNING {notebook} {out}")
 
 
-def lab_resources() -> dict:
-    """What of the lab exists on the stack (this process reaches it through the state folder's env file)."""
-    endpoint = stack.read_state(Path(os.environ["LAB_STATE_DIR"])).endpoint
+def lab_resources(state_dir: Path) -> dict:
+    """What of the lab exists on the stack of ``state_dir``."""
+    endpoint = stack.read_state(state_dir).endpoint
     keys = {"region_name": REGION, "endpoint_url": endpoint, "aws_access_key_id": "testing",
             "aws_secret_access_key": "testing"}
     iam, s3 = boto3.client("iam", **keys), boto3.client("s3", **keys)
@@ -131,26 +139,39 @@ def lab_resources() -> dict:
     }
 
 
-def test_cli_only(root):
+NOTHING = {"roles": [], "buckets": [], "streams": [], "delivery_streams": [], "log_groups": []}
+
+
+def test_every_block_in_both_orders(tmp_path, private_stacks, aws_cli):
+    """Both orders at once, each on its own stack (CLI only spends most of its time waiting for 03's 60 s
+    buffering interval). CLI only: every block of 00-07, then a check of what they made, then 99's. Cells then
+    CLI: each notebook's cells, then its blocks, in one terminal."""
+    cli_root, cli_env = make_root(tmp_path, "cli-only", private_stacks, aws_cli)
+    both_root, both_env = make_root(tmp_path, "cells-then-cli", private_stacks, aws_cli)
     before_99 = [p for n in NOTEBOOKS if not n.name.startswith("99") for p in named_blocks(n)]
-    output = run_bash(root, before_99 + [("check", "echo '### resources'")])
-    assert "aws-cli/2." in output
-    made = lab_resources()
-    assert made["roles"] == ["DatabricksUCRoleKinesisLab", "FirehoseToS3Role"] and made["buckets"] == [BUCKET]
-    assert made["streams"] == ["jm-demo-kinesis-lab"] and made["delivery_streams"] == ["salud-firehose-tos3"]
-    summary = json.loads((root / "build" / "run-summary.json").read_text())
-    assert summary["records_sent"] == 540  # kinesis-lab produce recorded the run
     teardown = [p for n in NOTEBOOKS if n.name.startswith("99") for p in named_blocks(n)]
-    run_bash(root, named_blocks(NOTEBOOKS[0]) + teardown)
-    assert lab_resources() == {"roles": [], "buckets": [], "streams": [], "delivery_streams": [], "log_groups": []}
+    check = "echo 'the blocks of 00-07 ran'"
+    cli_only = start(cli_root, cli_env, [*before_99, ("made", check)], tmp_path / "cli-only.log")
 
-
-def test_cells_then_cli(root, tmp_path):
-    setup = named_blocks(NOTEBOOKS[0])  # each bash session starts with 00's block, as a new terminal would
+    ordered = []
     for notebook in NOTEBOOKS:
         if notebook.name[:2] in CELLS_RUN:
-            run_cells(notebook, tmp_path / "executed")
-        if notebook.name[:2] != "00" and blocks(notebook):
-            run_bash(root, setup + named_blocks(notebook))
-    # 99's cells stopped the stack and deleted everything; its block then started an empty one, found nothing
-    assert lab_resources() == {"roles": [], "buckets": [], "streams": [], "delivery_streams": [], "log_groups": []}
+            ordered.append(cells(notebook))
+        ordered += named_blocks(notebook)
+    both = start(both_root, both_env, ordered, tmp_path / "cells-then-cli.log")
+
+    output = finish(cli_only, tmp_path / "cli-only.log", "CLI only")
+    assert "aws-cli/2." in output
+    made = lab_resources(Path(cli_env["LAB_STATE_DIR"]))
+    assert made["roles"] == ["DatabricksUCRoleKinesisLab", "FirehoseToS3Role"] and made["buckets"] == [BUCKET]
+    assert made["streams"] == ["jm-demo-kinesis-lab"] and made["delivery_streams"] == ["salud-firehose-tos3"]
+    assert json.loads((cli_root / "build" / "run-summary.json").read_text())["records_sent"] == 540
+    finish(start(cli_root, cli_env, named_blocks(NOTEBOOKS[0]) + teardown, tmp_path / "cli-99.log"),
+           tmp_path / "cli-99.log", "CLI only, 99")
+    assert lab_resources(Path(cli_env["LAB_STATE_DIR"])) == NOTHING
+
+    output = finish(both, tmp_path / "cells-then-cli.log", "cells then CLI")
+    # 99's cells stopped the stack and deleted everything; its block then started an empty one and found nothing
+    assert lab_resources(Path(both_env["LAB_STATE_DIR"])) == NOTHING
+    for name in ("cli-only", "cells-then-cli"):
+        stack.down(Path(tmp_path / name / ".lab"))
