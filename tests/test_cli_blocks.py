@@ -24,6 +24,8 @@ import pytest
 
 from kinesis_lab.local import stack
 
+pytestmark = [pytest.mark.notebooks, pytest.mark.slow]  # notebooks 00-05 and 99 run (cells then CLI); ~2.5 min
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))  # 00 ... 09, 99: the series' order
 BASH = re.compile(r"```bash\n(.*?)```", re.S)

@@ -291,8 +291,12 @@ def main(argv: list[str] | None = None) -> None:
         session = LabSession(cfg=cfg, account_id=args.account_id, bucket=cfg.bucket_name(args.account_id),
                              endpoint=None, partition=args.partition)
     else:
-        # reading who you are creates nothing: no cost opt-in needed
-        session = connect_account(cfg, confirm_aws_costs=True, endpoint=os.environ.get("AWS_ENDPOINT_URL"))
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:  # reading who you are creates nothing: no cost opt-in needed
+            session = connect_account(cfg, confirm_aws_costs=True, endpoint=os.environ.get("AWS_ENDPOINT_URL"))
+        except (BotoCoreError, ClientError) as exc:
+            parser.exit(1, f"{parser.prog}: error: cannot learn the account id ({exc}); nothing was written\n")
     if args.role == "learner":
         found = {"permissions": learner_policy(session)}
     elif args.role == "bucket":  # the bucket policy the lab puts on a bucket that has none
