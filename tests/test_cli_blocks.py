@@ -177,3 +177,22 @@ def test_every_block_in_both_orders(tmp_path, private_stacks, aws_cli):
     assert lab_resources(Path(both_env["LAB_STATE_DIR"])) == NOTHING
     for name in ("cli-only", "cells-then-cli"):
         stack.down(Path(tmp_path / name / ".lab"))
+
+
+def test_the_original_delivery_json_is_refused_through_the_cli(private_stack_dir, aws_cli, tmp_path):
+    """The original course's `aws firehose create-delivery-stream --cli-input-json file://delivery.json`, as its
+    README types it: refused at create, as on AWS, saying what to fix."""
+    state, _ = stack.up(private_stack_dir, REGION)
+    env = {"PATH": os.environ["PATH"], "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": REGION, "AWS_PAGER": "", "AWS_CONFIG_FILE": str(tmp_path / "none"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
+    aws = [aws_cli, "--endpoint-url", state.endpoint]
+    subprocess.run([*aws, "kinesis", "create-stream", "--stream-name", "jm-demo-kinesis-lab", "--stream-mode-details",
+                    "StreamMode=ON_DEMAND"], env=env, check=True, capture_output=True, timeout=120)
+    done = subprocess.run([*aws, "firehose", "create-delivery-stream", "--cli-input-json",
+                           f"file://{REPO / 'tests' / 'original_course' / 'delivery.json'}"],
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0
+    assert ("An error occurred (InvalidArgumentException) when calling the CreateDeliveryStream operation: "
+            "ErrorOutputPrefix: '!{firehose:error-output-type/' at position 7 is never closed: add the missing '}'"
+            ) in done.stderr
