@@ -95,6 +95,7 @@ def test_lab_on_local_starts_the_stack_and_hands_its_env_to_jupyterlab(private_s
         assert env["AWS_ENDPOINT_URL"] == state.endpoint  # what .lab/local.env says
         assert env["AWS_ACCESS_KEY_ID"] == "testing"
         assert argv[-2:] == ["--no-browser", str(REPO / "notebooks" / "00_setup.ipynb")]
+        assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)  # terminals: kinesis-lab
     finally:
         stack.down(state_dir)
 
@@ -149,6 +150,14 @@ def jupyterlab(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
     assert proc.poll() is not None
+
+
+def test_the_printed_url_opens_00_not_the_launcher(jupyterlab, tmp_path):
+    base, token, _ = jupyterlab
+    printed = (tmp_path / "jupyterlab.log").read_text()
+    assert f"{base}/lab/tree/notebooks/00_setup.ipynb?token=" in printed, printed[-2000:]  # (a given token: "...")
+    status, kind, _ = _get(f"{base}/lab/tree/notebooks/00_setup.ipynb", token)
+    assert status == 200 and kind.startswith("text/html")
 
 
 def test_jupyterlab_serves_every_image_of_every_notebook(jupyterlab):

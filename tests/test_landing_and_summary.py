@@ -43,6 +43,7 @@ def test_read_landing_counts_records_in_plain_and_gzip_objects_and_flags_junk(cl
         "s3_objects": 3,
         "s3_records": 5,
         "s3_unparsed_lines": 1,
+        "s3_records_recognised_by_content": 0,
         "missing_event_ids": 1,
         "s3_duplicate_event_ids": 1,
         "unexpected_event_ids": 0,

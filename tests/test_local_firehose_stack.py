@@ -11,6 +11,7 @@ from datetime import UTC
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 from helpers import read_shards
 from waiting import DEADLINE, LogWatch, wait_until
 
@@ -225,7 +226,8 @@ def test_missing_bucket_is_retried_and_nothing_is_lost(aws_clients, local_stack_
     assert sorted(lines_of(objects)) == sorted(sent)
 
 
-def test_invalid_config_created_behind_validation_is_not_delivered(aws_clients, local_stack_dir, firehose_log):
+def test_invalid_config_is_refused_at_create_as_on_aws(aws_clients):
+    """moto accepts anything; the lab's moto server refuses what real Firehose refuses, with its error class."""
     bucket, stream, name = "fh-broken-bucket", "fh-broken-stream", "fh-broken"
     arn = make_source(aws_clients, stream, bucket)
     request = build_delivery_stream_request(
@@ -233,11 +235,52 @@ def test_invalid_config_created_behind_validation_is_not_delivered(aws_clients, 
         prefix="bronze/!{timestamp:yyyy}/", error_output_prefix="errors/!{firehose:error-output-type/",
         buffer_size_mb=1, buffer_interval_seconds=0,
     )  # fmt: skip
-    aws_clients("firehose").create_delivery_stream(**request)  # moto accepts what AWS rejects
-    put_lines(aws_clients, stream, "broken", 10)
-    firehose_log.wait_for(f"delivery stream {name} is not delivered: real Firehose would have rejected it")
-    wait_for_a_whole_poll(aws_clients, local_stack_dir, "broken")  # it had every chance to deliver them
-    assert read_objects(aws_clients, bucket) == {}
+    firehose = aws_clients("firehose")
+    with pytest.raises(ClientError) as refused:
+        firehose.create_delivery_stream(**request)
+    assert refused.value.response["Error"] == {
+        "Code": "InvalidArgumentException",
+        "Message": "ErrorOutputPrefix: '!{firehose:error-output-type/' at position 7 is never closed: "
+                   "add the missing '}'",
+    }
+    assert name not in firehose.list_delivery_streams()["DeliveryStreamNames"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"Prefix": "bronze/!{timestamp:yyyy}/", "ErrorOutputPrefix": ""},
+     "ErrorOutputPrefix is required when Prefix contains expressions: add one such as "
+     "'errors/!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd}/'"),
+    ({"ErrorOutputPrefix": "errors/!{timestamp:yyyy}/"},
+     "ErrorOutputPrefix has expressions but no !{firehose:error-output-type}: add it, e.g. "
+     "'errors/!{firehose:error-output-type}/...'"),
+    ({"BufferingHints": {"SizeInMBs": 129, "IntervalInSeconds": 901}},
+     "BufferingHints.SizeInMBs is 129: it must be between 1 and 128; "
+     "BufferingHints.IntervalInSeconds is 901: it must be between 0 and 900"),
+])  # fmt: skip
+def test_what_aws_refuses_is_refused_at_create_and_at_update(aws_clients, change, message):
+    bucket = stream = name = f"fh-refused-{uuid.uuid4().hex[:8]}"
+    arn = make_source(aws_clients, stream, bucket)
+    request = build_delivery_stream_request(
+        delivery_stream_name=name, stream_arn=arn, role_arn=ROLE_ARN, bucket_arn=f"arn:aws:s3:::{bucket}",
+        prefix="bronze/", error_output_prefix=None, buffer_size_mb=1, buffer_interval_seconds=0,
+    )  # fmt: skip
+    firehose = aws_clients("firehose")
+    broken = json.loads(json.dumps(request))
+    broken["ExtendedS3DestinationConfiguration"].update(change)
+    with pytest.raises(ClientError) as refused:
+        firehose.create_delivery_stream(**broken)
+    assert refused.value.response["Error"] == {"Code": "InvalidArgumentException", "Message": message}
+
+    firehose.create_delivery_stream(**request)  # a valid one is created; an update that breaks it is refused
+    desc = firehose.describe_delivery_stream(DeliveryStreamName=name)["DeliveryStreamDescription"]
+    with pytest.raises(ClientError) as refused:
+        firehose.update_destination(
+            DeliveryStreamName=name, CurrentDeliveryStreamVersionId=desc["VersionId"],
+            DestinationId=desc["Destinations"][0]["DestinationId"], ExtendedS3DestinationUpdate=change,
+        )  # fmt: skip
+    assert refused.value.response["Error"] == {"Code": "InvalidArgumentException", "Message": message}
+    after = firehose.describe_delivery_stream(DeliveryStreamName=name)["DeliveryStreamDescription"]
+    assert after["VersionId"] == desc["VersionId"]
 
 
 def test_deleted_delivery_stream_is_no_longer_read(aws_clients, local_stack_dir, firehose_log):

@@ -499,3 +499,24 @@ def test_readme_documents_the_learner_policy():
                                                             "s3:DeleteObjectVersion"}:
         assert f"`{action}`" in readme, f"{action} not explained in the README"
     assert "python -m kinesis_lab.cloud.policies learner" in readme and "RESOURCE_POLICY_PRIVILEGE_ESCALATION" in readme
+
+
+def test_out_writes_the_policy_only_once_rendered(tmp_path):
+    """`> build/x.json` leaves an empty file when the command fails; `--out` writes nothing then."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "build" / "trust.json"
+    cmd = [sys.executable, "-m", "kinesis_lab.cloud.policies", "firehose", "trust", "--out", str(out)]
+    unreachable = {"PATH": os.environ["PATH"], "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+                   "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1",
+                   "LAB_STATE_DIR": str(tmp_path / "state")}
+    failed = subprocess.run(cmd, capture_output=True, text=True, env=unreachable, timeout=120)
+    assert failed.returncode == 1 and not out.exists() and not list(tmp_path.rglob("*.json*"))
+    assert failed.stderr.startswith("python -m kinesis_lab.cloud.policies: error: cannot learn the account id (Could "
+                                    "not connect to the endpoint URL") and failed.stderr.count("\n") == 1
+    done = subprocess.run([*cmd, "--account-id", "123456789012"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"wrote {out}\n"
+    assert json.loads(out.read_text())["Statement"][0]["Principal"] == {"Service": "firehose.amazonaws.com"}

@@ -23,7 +23,8 @@ CLI = [sys.executable, "-m", "kinesis_lab.course.cli"]
 def lab_env(tmp_path_factory, private_stacks):
     state_dir = private_stacks(tmp_path_factory.mktemp("produce-cli") / "state")
     stack.up(state_dir, "us-east-1")
-    env = {**os.environ, "LAB_STATE_DIR": str(state_dir), "LAB_TARGET": "local"}
+    env = {**os.environ, "LAB_STATE_DIR": str(state_dir), "LAB_TARGET": "local",
+           "LAB_BUILD_DIR": str(state_dir.parent / "build")}
     env.pop("AWS_ENDPOINT_URL", None)
     yield env
     stack.down(state_dir)
@@ -72,6 +73,21 @@ def test_simulated_throttling_is_resent_until_every_record_is_in(lab_env):
     figures = json.loads(done.stdout)
     assert figures["records_sent"] == 540 and figures["records_retried"] == figures["failed_entries"] > 0
     assert "simulated_failure_rate" not in figures
+    assert not (Path(lab_env["LAB_BUILD_DIR"]) / "run-summary.json").exists()  # another stream: not this run's
+
+
+def test_sending_to_the_labs_stream_records_the_run_as_04_does(lab_env):
+    from kinesis_lab.cloud.summary import read_summary
+
+    endpoint = stack.read_state(Path(lab_env["LAB_STATE_DIR"])).endpoint
+    kinesis = boto3.client("kinesis", region_name="us-east-1", endpoint_url=endpoint,
+                           aws_access_key_id="x", aws_secret_access_key="x")
+    kinesis.create_stream(StreamName="jm-demo-kinesis-lab", StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    done = produce(lab_env, "--dataset", str(SAMPLE_PATH), "--json")
+    assert done.returncode == 0, done.stderr
+    summary = read_summary(Path(lab_env["LAB_BUILD_DIR"]))
+    assert summary["records_sent"] == json.loads(done.stdout)["records_sent"] == 540
+    assert summary["dataset_path"] == str(SAMPLE_PATH.resolve()) and summary["dataset"] == SAMPLE_PATH.name
 
 
 def test_a_connection_that_stays_down_stops_with_what_was_sent(tmp_path):

@@ -4,7 +4,6 @@ local warehouse, or Unity Catalog). A hop whose resource is gone is unchecked, w
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from kinesis_lab.cloud.aws import error_code
 from kinesis_lab.cloud.config import BRONZE_TABLE, QUARANTINE_TABLE, SILVER_TABLE
+from kinesis_lab.cloud.content import ContentIds, parse_record
 
 _STREAM_GONE = {"ResourceNotFoundException"}
 _BUCKET_GONE = {"NoSuchBucket", "404"}
@@ -29,20 +29,12 @@ class HopData:
     ids: Counter | None = None  # None: the hop was not checked
     no_id: int = 0
     note: str = ""
+    by_content: int = 0  # records without event_id recognised by content (counted in ``ids``)
 
     @property
     def checked(self) -> bool:
         return self.ids is not None
 
-
-
-def _event_id(data: bytes | str) -> str | None:
-    try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    event_id = value.get("event_id") if isinstance(value, dict) else None
-    return event_id if isinstance(event_id, str) and event_id else None
 
 
 def _call(fn, *, tries: int = 8, **kwargs):
@@ -57,10 +49,11 @@ def _call(fn, *, tries: int = 8, **kwargs):
     raise AssertionError("unreachable")
 
 
-def read_stream(kinesis, stream_name: str) -> HopData:
-    """Every record of every shard of the stream (by StreamName, from TRIM_HORIZON), counted by event id.
-    A stream that does not exist gives an unchecked hop with a note."""
-    hop = HopData("kinesis", Counter())
+def read_stream(kinesis, stream_name: str, content: ContentIds | None = None) -> HopData:
+    """Every record of every shard of the stream (by StreamName, from TRIM_HORIZON), counted by event id
+    (with ``content``, rows without one are recognised by content). A stream that does not exist gives an
+    unchecked hop with a note."""
+    hop, anonymous = HopData("kinesis", Counter()), Counter()
     try:
         shards, kwargs = [], {"StreamName": stream_name}
         while True:
@@ -79,11 +72,13 @@ def read_stream(kinesis, stream_name: str) -> HopData:
             while iterator:
                 page = _call(kinesis.get_records, ShardIterator=iterator, Limit=10000)
                 for record in page.get("Records", []):
-                    event_id = _event_id(record["Data"])
-                    if event_id is None:
-                        hop.no_id += 1
-                    else:
+                    event_id, key = parse_record(record["Data"])
+                    if event_id is not None:
                         hop.ids[event_id] += 1
+                    elif key is not None and content is not None:
+                        anonymous[key] += 1
+                    else:
+                        hop.no_id += 1
                 iterator = page.get("NextShardIterator")
                 # an empty page at the tip of an open shard: the end (AWS may return empty pages
                 # while still behind the tip; MillisBehindLatest says so)
@@ -93,6 +88,10 @@ def read_stream(kinesis, stream_name: str) -> HopData:
         if error_code(exc) not in _STREAM_GONE:
             raise
         return HopData("kinesis", None, note=f"stream {stream_name!r} does not exist (deleted by teardown?)")
+    if anonymous:
+        recognised, unknown = content.attribute(anonymous)
+        hop.ids.update(recognised)
+        hop.by_content, hop.no_id = sum(recognised.values()), hop.no_id + unknown
     return hop
 
 
@@ -104,13 +103,13 @@ def stream_retention_hours(kinesis, stream_name: str) -> int | None:
     return summary.get("RetentionPeriodHours")
 
 
-def read_s3(s3, bucket: str, prefix: str) -> HopData:
+def read_s3(s3, bucket: str, prefix: str, content: ContentIds | None = None) -> HopData:
     """The event ids of every JSON line under the static part of ``prefix`` (see landing.read_landing)."""
     from kinesis_lab.cloud.landing import read_landing
     from kinesis_lab.cloud.prefixes import static_prefix
 
     try:
-        landing = read_landing(s3, bucket, static_prefix(prefix))
+        landing = read_landing(s3, bucket, static_prefix(prefix), content=content)
     except ClientError as exc:
         if error_code(exc) not in _BUCKET_GONE:
             raise
@@ -120,6 +119,7 @@ def read_s3(s3, bucket: str, prefix: str) -> HopData:
         Counter(landing.event_ids),
         no_id=landing.unparsed_lines,
         note=f"{len(landing.objects)} objects under s3://{bucket}/{static_prefix(prefix)}",
+        by_content=landing.by_content,
     )
 
 

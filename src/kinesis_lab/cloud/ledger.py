@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kinesis_lab.cloud.content import ContentIds, recognised_line
 from kinesis_lab.cloud.hops import (
     HopData,
     TableReader,
@@ -320,13 +321,14 @@ def build_ledger(
     a reader of the pipeline's tables (bronze, silver, quarantine): ``read(name, columns)``. Raises
     ``records.HeaderError`` if the CSV does not have the course's columns."""
     source_file, sha, lines = csv_lines(csv_path)
+    content = ContentIds(csv_path)  # rows another producer sent without event_id: recognised by content
     hops: dict[str, HopData] = {}
     if kinesis is not None and stream_name:
-        hops["kinesis"] = read_stream(kinesis, stream_name)
+        hops["kinesis"] = read_stream(kinesis, stream_name, content)
     else:
         hops["kinesis"] = HopData("kinesis", None, note="no Kinesis client given")
     if s3 is not None and bucket and prefix is not None:
-        hops["s3"] = read_s3(s3, bucket, prefix)
+        hops["s3"] = read_s3(s3, bucket, prefix, content)
     else:
         hops["s3"] = HopData("s3", None, note="no S3 client given")
     in_silver: dict = {}
@@ -336,7 +338,9 @@ def build_ledger(
     else:
         hops["bronze"] = HopData("bronze", None, note="no pipeline tables given")
         hops["silver"] = HopData("silver", None, note="no pipeline tables given")
-    ledger = assemble(source_file, sha, lines, hops, in_silver, quarantined)
+    notes = [recognised_line(hops[h].by_content, f"in the {HOP_TITLES[h]}")
+             for h in ("kinesis", "s3") if hops[h].by_content]
+    ledger = assemble(source_file, sha, lines, hops, in_silver, quarantined, notes)
     if any("trimmed" in n for n in ledger.notes) and kinesis is not None:
         hours = stream_retention_hours(kinesis, stream_name)
         if hours:

@@ -178,3 +178,23 @@ def tag_bucket(s3, bucket: str, lab_tags: dict[str, str]) -> bool:
         return False
     s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": merged_tags(current, lab_tags)})
     return True
+
+
+def create_stream_tagged(kinesis, name: str, tags: dict[str, str], timeout_attempts: int = 24) -> str:
+    """Create an ON_DEMAND stream carrying ``tags``, wait until it is ACTIVE, then read its tags back: an endpoint
+    that drops ``create_stream(Tags=...)`` (LocalStack does), or a botocore without that parameter (1.34.0), gets
+    them with ``add_tags_to_stream``, so the lab never leaves an untagged stream it cannot tear down. Returns how
+    it was tagged (one line)."""
+    from botocore.exceptions import ParamValidationError
+
+    try:
+        kinesis.create_stream(StreamName=name, StreamModeDetails={"StreamMode": "ON_DEMAND"}, Tags=tags)
+    except ParamValidationError:
+        kinesis.create_stream(StreamName=name, StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 5, "MaxAttempts": timeout_attempts})
+    have = {t["Key"]: t["Value"] for t in kinesis.list_tags_for_stream(StreamName=name)["Tags"]}
+    missing = {k: v for k, v in tags.items() if have.get(k) != v}
+    if not missing:
+        return "tagged at creation"
+    kinesis.add_tags_to_stream(StreamName=name, Tags=missing)  # the stream is the one just created
+    return f"tagged after creation ({', '.join(sorted(missing))}: the endpoint dropped create_stream's Tags)"

@@ -283,14 +283,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--external-id", default="0000", help="uc only: the storage credential's external id")
     parser.add_argument("--account-id", help="render for this account without calling AWS")
     parser.add_argument("--partition", default="aws", help="with --account-id: aws, aws-cn or aws-us-gov")
+    parser.add_argument("--out", help="write the policy to this file (only once rendered: a failure leaves no "
+                                      "empty file, as `> file` would)")
     args = parser.parse_args(argv)
     cfg = load_config()
     if args.account_id:
         session = LabSession(cfg=cfg, account_id=args.account_id, bucket=cfg.bucket_name(args.account_id),
                              endpoint=None, partition=args.partition)
     else:
-        # reading who you are creates nothing: no cost opt-in needed
-        session = connect_account(cfg, confirm_aws_costs=True, endpoint=os.environ.get("AWS_ENDPOINT_URL"))
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:  # reading who you are creates nothing: no cost opt-in needed
+            session = connect_account(cfg, confirm_aws_costs=True, endpoint=os.environ.get("AWS_ENDPOINT_URL"))
+        except (BotoCoreError, ClientError) as exc:
+            parser.exit(1, f"{parser.prog}: error: cannot learn the account id ({exc}); nothing was written\n")
     if args.role == "learner":
         found = {"permissions": learner_policy(session)}
     elif args.role == "bucket":  # the bucket policy the lab puts on a bucket that has none
@@ -301,7 +307,24 @@ def main(argv: list[str] | None = None) -> None:
         found = uc_policies(session, external_id=args.external_id, file_events=args.kind == "file_events")
     if args.kind not in found:
         parser.error(f"{args.role} has no {args.kind} policy (it has: {', '.join(found)})")
-    print(json.dumps(found[args.kind], indent=2))
+    write_json(found[args.kind], args.out)
+
+
+def write_json(value, out: str | None) -> None:
+    """Print ``value`` as JSON, or write it to ``out`` (a temporary file renamed: whole or not at all)."""
+    import os
+    from pathlib import Path
+
+    text = json.dumps(value, indent=2)
+    if not out:
+        print(text)
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

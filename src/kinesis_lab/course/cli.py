@@ -62,8 +62,10 @@ def running_as_root() -> bool:
 
 def jupyter_lab_command(home: Path, extra: Sequence[str] = ()) -> list[str]:
     """The JupyterLab command of `make lab` / `kinesis-lab lab`. It serves the repository root, so the notebooks'
-    ``../images/...`` resolve (served from notebooks/ they fall outside the server: 403), and opens 00_setup."""
-    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={Path(home).resolve()}"]
+    ``../images/...`` resolve (served from notebooks/ they fall outside the server: 403), and opens 00_setup:
+    in the browser it starts, and as the URL it prints (``default_url``; else the URL opens the Launcher)."""
+    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={Path(home).resolve()}",
+           f"--LabApp.default_url=/lab/tree/{LAB_NOTEBOOK.as_posix()}"]
     if running_as_root():
         cmd.append("--allow-root")  # containers, WSL, cloud VMs: JupyterLab refuses root without it
     return [*cmd, *extra, str(Path(home).resolve() / LAB_NOTEBOOK)]
@@ -78,6 +80,10 @@ def cmd_lab(args, extra: Sequence[str] = ()) -> int:
     if importlib.util.find_spec("jupyterlab") is None:
         raise CliError("JupyterLab is not installed here: pip install -e '.[lab]' (`make lab` does it)")
     env = dict(os.environ)
+    # JupyterLab's terminals get this Python first on PATH: `kinesis-lab`, `python -m kinesis_lab...` as in the blocks
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if sys.prefix != sys.base_prefix:
+        env["VIRTUAL_ENV"] = sys.prefix
     if not cfg.is_local:
         print("target aws: no local stack; the notebooks use your AWS credentials")
     elif args.no_stack:
@@ -180,6 +186,42 @@ def cmd_produce(args) -> int:
               "safe (silver keeps each event_id once).", file=sys.stderr)
         return 1
     show(result)
+    if not args.stream:  # the lab's stream: what 05-09 check, recorded as notebook 04 records it
+        from kinesis_lab.cloud.summary import update_summary
+
+        path = Path(args.dataset).resolve()
+        update_summary(cfg.build_dir, dataset=path.name, dataset_path=str(path), csv_rows=result.csv_rows,
+                       malformed_rows=result.malformed_rows, records_sent=result.records_sent,
+                       records_retried=result.records_retried)
+    return 0
+
+
+CLI_MIN_INTERVAL = 60  # AWS CLI releases before 2.10 refuse IntervalInSeconds below 60 (AWS accepts 0-900)
+
+
+def cmd_firehose_request(args) -> int:
+    """The CreateDeliveryStream request of notebook 03, for ``aws firehose create-delivery-stream
+    --cli-input-json``: the stream and role ARNs looked up, the interval at least CLI_MIN_INTERVAL."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from kinesis_lab.cloud.firehose_config import build_delivery_stream_request
+    from kinesis_lab.cloud.policies import write_json
+
+    cfg = load_config(target=args.target)
+    session = connect(cfg, start_stack=False, confirm_aws_costs=True)  # reading creates nothing
+    try:
+        stream_arn = boto3.client("kinesis", region_name=cfg.region).describe_stream_summary(
+            StreamName=cfg.stream_name)["StreamDescriptionSummary"]["StreamARN"]
+        role_arn = boto3.client("iam", region_name=cfg.region).get_role(RoleName=cfg.firehose_role_name)["Role"]["Arn"]
+    except ClientError as exc:
+        raise CliError(f"{exc} (run notebooks 01 and 02, or their CLI blocks, first; nothing was written)") from exc
+    request = build_delivery_stream_request(
+        delivery_stream_name=cfg.delivery_stream_name, stream_arn=stream_arn, role_arn=role_arn,
+        bucket_arn=session.bucket_arn, prefix=cfg.s3_prefix, error_output_prefix=cfg.error_prefix,
+        buffer_size_mb=cfg.buffer_size_mb, buffer_interval_seconds=max(cfg.buffer_interval_seconds, CLI_MIN_INTERVAL),
+        compression=cfg.compression, log_group=cfg.log_group, tags=cfg.tags)  # fmt: skip
+    write_json(request, args.out)
     return 0
 
 
@@ -311,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--simulated-failure-rate", type=float, default=0.0,
                     help="0..1: share of entries answered throttled (simulated on this client) to watch the retries")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sp = add("firehose-request", cmd_firehose_request,
+             "write notebook 03's CreateDeliveryStream request (for aws firehose create-delivery-stream --cli-input-json)")
+    sp.add_argument("--out", help="file to write (default: print)")
     sp = add("pipeline", cmd_pipeline, "mirror the Firehose prefix from S3 and run the medallion pipeline locally")
     sp.add_argument("--full-refresh", action="store_true", help="rebuild every table from all files")
     sp = add("demo", cmd_demo, "run the whole notebook series on the local stack and write build/run-summary.json")

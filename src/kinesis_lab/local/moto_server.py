@@ -4,6 +4,11 @@ answers who this server is without touching the AWS state it holds, and fixes th
 to AWS:
 
 - ``create_stream(Tags=...)`` keeps the tags (moto drops them);
+- ``create_delivery_stream`` and ``update_destination`` refuse, with ``InvalidArgumentException`` as AWS does, an
+  S3 destination real Firehose rejects at create (``firehose_config.validate_delivery_config``: an unclosed
+  ``!{...}``, an expression Prefix without an ErrorOutputPrefix, an ErrorOutputPrefix without
+  ``!{firehose:error-output-type}``, BufferingHints out of range, ...). moto accepted them, showed the delivery
+  stream ACTIVE, and it never delivered;
 - with IAM enforcement on, Kinesis, Firehose and CloudWatch Logs calls (and IAM calls on a role that does not
   exist yet) are checked against the resource's ARN, as on AWS (moto checks them against ``*``, so any policy
   scoped to ARNs was refused);
@@ -71,6 +76,40 @@ def keep_create_stream_tags() -> None:
         return result
 
     KinesisResponse.create_stream = create_stream
+
+
+def _delivery_problems(destination: dict | None) -> None:
+    from moto.firehose.exceptions import InvalidArgumentException
+
+    from kinesis_lab.cloud.firehose_config import validate_delivery_config
+
+    problems = validate_delivery_config({"ExtendedS3DestinationConfiguration": destination or {}})
+    if problems:
+        raise InvalidArgumentException("; ".join(problems))
+
+
+def refuse_what_firehose_refuses() -> None:
+    """Validate S3 destinations at create / update (the update checked merged with what it changes)."""
+    from moto.firehose.responses import FirehoseResponse
+
+    create, update = FirehoseResponse.create_delivery_stream, FirehoseResponse.update_destination
+
+    def create_delivery_stream(self):
+        for key in ("ExtendedS3DestinationConfiguration", "S3DestinationConfiguration"):
+            if self._get_param(key) is not None:
+                _delivery_problems(self._get_param(key))
+        return create(self)
+
+    def update_destination(self):
+        change = self._get_param("ExtendedS3DestinationUpdate") or self._get_param("S3DestinationUpdate")
+        stream = self.firehose_backend.delivery_streams.get(self._get_param("DeliveryStreamName"))
+        if change is not None and stream is not None and stream.destinations:
+            current = stream.destinations[0].get("ExtendedS3") or stream.destinations[0].get("S3") or {}
+            _delivery_problems({**current, **change})
+        return update(self)
+
+    FirehoseResponse.create_delivery_stream = create_delivery_stream
+    FirehoseResponse.update_destination = update_destination
 
 
 def _enforcing() -> bool:
@@ -257,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     speed_up_kinesis_shards()
     keep_create_stream_tags()
+    refuse_what_firehose_refuses()
     check_resource_arns()
     service_principal_stand_ins()
     requests_count_as_tls()
