@@ -15,6 +15,10 @@ to AWS:
   ``s3:HeadBucket``, ``s3:CreateBucket``, ``s3:ListBucket``), and ``DeleteObjects`` key by key (moto checked the
   bucket's ARN, so a policy scoped to a prefix could delete nothing; here a batch with any refused key is refused
   as a whole, where AWS deletes the others);
+- moto 5.2.6 checks S3 requests as their API operation (``s3:ListObjectsV2``, ``s3:HeadObject``); here as the
+  IAM action AWS checks (``s3:ListBucket``, ``s3:GetObject``: ``S3_IAM_ACTIONS``);
+- a trust policy's ``StringEquals`` on ``sts:ExternalId`` refuses an AssumeRole that sends no external id (moto
+  allowed it);
 - a statement that applies only to requests without TLS (``"Bool": {"aws:SecureTransport": "false"}``, as in the
   lab's bucket policy) never applies: moto ignores that condition and denied every object request, while the
   stack stands for AWS's HTTPS endpoints (its own HTTP runs on loopback only). moto cannot check that policy.
@@ -168,6 +172,22 @@ def service_principal_stand_ins() -> None:
     IAMPolicyStatement._check_principal = check_principal
 
 
+def external_id_required() -> None:
+    """A trust condition ``StringEquals`` on ``sts:ExternalId`` is false when the request sends no external id,
+    as on AWS (moto compares only the values that are sent, so AssumeRole without ExternalId was allowed)."""
+    from moto.iam.policy_conditions import TrustCondition
+
+    verify = TrustCondition.verify_condition
+
+    def verify_condition(self, actual_values: list[str]) -> bool:
+        keys = self.context_keys
+        if self._condition == "StringEquals" and "sts:ExternalId" in keys and len(actual_values) < len(keys):
+            return False
+        return verify(self, actual_values)
+
+    TrustCondition.verify_condition = verify_condition
+
+
 def _only_without_tls(statement: dict) -> bool:
     value = (statement.get("Condition") or {}).get("Bool", {}).get("aws:SecureTransport")
     values = value if isinstance(value, list) else [value]
@@ -185,6 +205,34 @@ def requests_count_as_tls() -> None:
         return is_action_permitted(self, *args, **kwargs)
 
     IAMPolicyStatement.is_action_permitted = check
+
+
+# moto 5.2.6 checks an S3 request as its API operation (``s3:ListObjectsV2``), not as the IAM action AWS
+# checks for it (``s3:ListBucket``): a role allowed to list a bucket was refused. Operation -> IAM action:
+S3_IAM_ACTIONS = {
+    "ListObjects": "ListBucket", "ListObjectsV2": "ListBucket", "HeadBucket": "ListBucket",
+    "HeadObject": "GetObject", "ListObjectVersions": "ListBucketVersions",
+    "ListMultipartUploads": "ListBucketMultipartUploads", "ListParts": "ListMultipartUploadParts",
+    "GetPublicAccessBlock": "GetBucketPublicAccessBlock", "PutPublicAccessBlock": "PutBucketPublicAccessBlock",
+    "DeletePublicAccessBlock": "PutBucketPublicAccessBlock", "GetBucketEncryption": "GetEncryptionConfiguration",
+    "PutBucketEncryption": "PutEncryptionConfiguration", "DeleteBucketEncryption": "PutEncryptionConfiguration",
+    "DeleteObjects": "DeleteObject",
+    "CreateMultipartUpload": "PutObject", "UploadPart": "PutObject", "CompleteMultipartUpload": "PutObject",
+}
+LAB_S3_ACTION = "LabIamAction"  # set in a request's data: the IAM action to check for it (DeleteObjects key by key)
+
+
+def s3_requests_as_iam_actions() -> None:
+    from moto.iam.access_control import S3IAMRequest
+
+    init = S3IAMRequest.__init__
+
+    def checked_as_iam_action(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        operation = self._action.split(":", 1)[1]
+        self._action = f"s3:{self._data.get(LAB_S3_ACTION) or S3_IAM_ACTIONS.get(operation, operation)}"
+
+    S3IAMRequest.__init__ = checked_as_iam_action
 
 
 def s3_actions_as_aws_checks_them() -> None:
@@ -207,11 +255,13 @@ def s3_actions_as_aws_checks_them() -> None:
         for obj in objects if isinstance(objects, list) else [objects]:
             # AWS: s3:DeleteObject always, and s3:DeleteObjectVersion for a given version (even "null")
             for action in ("DeleteObject", "DeleteObjectVersion") if obj.get("VersionId") else ("DeleteObject",):
-                self.data["Action"] = action
+                self.data["Action"] = self.data[LAB_S3_ACTION] = action
                 try:
                     self._authenticate_and_authorize_s3_action(bucket_name=bucket_name, key_name=obj["Key"])
                 except (BucketAccessDeniedError, S3AccessDeniedError):
                     return delete_keys(self, bucket_name, authenticated=False)
+                finally:
+                    self.data.pop(LAB_S3_ACTION, None)
         return delete_keys(self, bucket_name, authenticated=True)
 
     responses.S3Response._bucket_response_delete_keys = key_by_key
@@ -250,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     service_principal_stand_ins()
     requests_count_as_tls()
     s3_actions_as_aws_checks_them()
+    s3_requests_as_iam_actions()
+    external_id_required()
     if os.environ.get("LAB_MOTO_AUTH_LOG"):
         record_checks(os.environ["LAB_MOTO_AUTH_LOG"])
 
