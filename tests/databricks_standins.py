@@ -330,13 +330,10 @@ class Widgets:
         return self._values.get(name, self._defaults[name])
 
 
-class NotebookExit(Exception):
-    """Raised by ``dbutils.notebook.exit``; the kernel shows it as Databricks does, not as an error."""
-
-
 class Notebook:
-    """``dbutils.notebook.exit(value)`` as in a Databricks notebook: the run ends there, successfully; the
-    cells after it do not run (an input transformer empties them)."""
+    """``dbutils.notebook.exit(value)`` as in a Databricks notebook: the run ends there, successfully, and the
+    cells after it do not run (an input transformer empties them). Unlike Databricks, the rest of the calling
+    cell still runs (the kernel would report anything raised as an error): notebooks call it last in a cell."""
 
     def __init__(self, log: _Log):
         self._log = log
@@ -344,11 +341,9 @@ class Notebook:
     def exit(self, value: str) -> None:
         from IPython import get_ipython
 
-        shell = get_ipython()
         self._log.write(kind="exit", value=str(value))
-        shell.input_transformers_cleanup.append(lambda lines: [])
-        shell.set_custom_exc((NotebookExit,), lambda *args, **kwargs: print(f"Notebook exited: {value}"))
-        raise NotebookExit(value)
+        get_ipython().input_transformers_cleanup.append(lambda lines: [])
+        print(f"Notebook exited: {value}")
 
 
 class DbUtils:

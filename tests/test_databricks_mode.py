@@ -211,7 +211,8 @@ def test_06_inside_databricks_stops_for_the_iam_step_then_completes(databricks_n
     assert [s.split("`")[0].split("'")[0].strip() for by, s in ran if by == "stand-in"] == [
         "CREATE CATALOG IF NOT EXISTS", "CREATE EXTERNAL LOCATION IF NOT EXISTS", "GRANT READ FILES ON EXTERNAL LOCATION",
         "DESCRIBE EXTERNAL LOCATION", "LIST"]
-    assert f"s3://{BUCKET}/bronze/ingestion_date=2026/" in every_output  # LIST: the year folder, not the objects
+    # LIST: the year folder directly under bronze/, not the objects below it
+    assert "ingestion_date=2026/" in every_output and "salud-firehose-tos3" not in every_output
 
 
 def test_06_inside_databricks_refuses_a_location_on_another_url(databricks_notebook, uc_aws, monkeypatch):
