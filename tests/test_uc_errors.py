@@ -246,3 +246,40 @@ def test_from_the_machine_the_location_follows_the_trust_update(clean_stack, mon
         assert api.requests[-1][2] == {"storage_credential_name": "cred", "url": URL, "read_only": True,
                                        "external_location_name": "landing"}
     assert api.problems == []
+
+
+# --- what the lab's moto server checks as AWS does (src/kinesis_lab/local/moto_server.py) --------------------
+def test_the_stack_checks_s3_listing_as_s3_listbucket_and_requires_the_external_id(clean_stack):
+    from test_uc import iam_enforced, user_with_keys
+
+    iam = boto3.client("iam", region_name="us-east-1")
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=LAB_BUCKET)
+    s3.put_object(Bucket=LAB_BUCKET, Key="bronze/x", Body=b"{}\n")
+    bucket_arn = f"arn:aws:s3:::{LAB_BUCKET}"
+    # AWS checks ListObjectsV2 and HeadBucket as s3:ListBucket; s3:ListObjectsV2 is no IAM action at all
+    lister = user_with_keys(iam, "lister", {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn}]})
+    misnamed = user_with_keys(iam, "misnamed", {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:ListObjectsV2", "s3:HeadBucket"], "Resource": bucket_arn}]})
+    trust = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:user/lister"}, "Action": "sts:AssumeRole",
+        "Condition": {"StringEquals": {"sts:ExternalId": EXTERNAL_ID}}}]}
+    iam.create_role(RoleName="guarded", AssumeRolePolicyDocument=json.dumps(trust))
+    iam.put_user_policy(UserName="lister", PolicyName="assume", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}]}))
+    with iam_enforced(clean_stack.endpoint):
+        assert [o["Key"] for o in lister.client("s3").list_objects_v2(Bucket=LAB_BUCKET)["Contents"]] == ["bronze/x"]
+        lister.client("s3").head_bucket(Bucket=LAB_BUCKET)
+        for call in (lambda: misnamed.client("s3").list_objects_v2(Bucket=LAB_BUCKET),
+                     lambda: misnamed.client("s3").head_bucket(Bucket=LAB_BUCKET)):
+            with pytest.raises(ClientError) as err:
+                call()
+            assert code_of(err) in ("AccessDenied", "403")
+        sts = lister.client("sts")
+        role = "arn:aws:iam::123456789012:role/guarded"
+        assert sts.assume_role(RoleArn=role, RoleSessionName="lab-test", ExternalId=EXTERNAL_ID)["Credentials"]
+        for kwargs in ({"ExternalId": "wrong"}, {}):  # a wrong id, and none at all (moto allowed that)
+            with pytest.raises(ClientError) as err:
+                sts.assume_role(RoleArn=role, RoleSessionName="lab-test", **kwargs)
+            assert code_of(err) == "AccessDenied"
