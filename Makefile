@@ -4,25 +4,53 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-NBVAL_ARGS := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
-# nbval re-runs the committed notebooks on a private stack and build folder, then compares the checked outputs
-NBVAL_ENV := LAB_BUILD_DIR=$(CURDIR)/build/nbval LAB_STATE_DIR=$(CURDIR)/build/nbval/stack
 
-.PHONY: help install demo test test-under-load lint unit nbval lab up down status doctor notebooks bench clean
+.PHONY: help install lock test-latest demo test test-under-load lint unit nbval lab up down status doctor notebooks bench clean
 
 help:
 	@echo "make demo [DATASET=path.csv] [FAILURE_RATE=0.3]  run the whole series locally, write build/run-summary.json"
 	@echo "make test                                         ruff + the whole pytest suite (stack, Spark, notebooks)"
 	@echo "make unit | test-under-load                       no Java needed | make test 3x beside two CPU hogs"
 	@echo "make bench [BENCH_ARGS=\"--quick | --only 1 2 | --fresh-setup\"]  performance figures -> build/bench/results.json"
+	@echo "make lock | test-latest                           refresh requirements/lock.txt | the suite on the newest versions"
 	@echo "make lab | up | down | status | doctor | notebooks | clean"
 
-$(STAMP): pyproject.toml
+# One locked, hashed set of versions (requirements/lock.txt, every extra, every platform); `make lock` refreshes it.
+# uv installs it (fast); INSTALLER=pip does the same with pip alone.
+LOCK := requirements/lock.txt
+INSTALLER ?= $(if $(wildcard $(VENV)/conda-meta),pip,uv)  # never `uv pip sync` over a conda env's own packages
+UV := $(BIN)/uv
+
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+ifeq ($(INSTALLER),pip)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+else
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements/uv.txt
+	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes $(LOCK)
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
+endif
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# the newest versions pyproject.toml allows, every extra, for every platform, hashed; uv.txt bootstraps the installer
+lock: install
+	$(UV) pip compile --quiet pyproject.toml --all-extras --universal --python-version 3.11 --generate-hashes \
+	  --upgrade -o $(LOCK)
+	awk '/^uv==/{p=1} p{print} p && !/\\$$/{exit}' $(LOCK) > requirements/uv.txt
+
+# the whole suite on the newest versions pyproject.toml allows (no lock), in a venv of its own; see README
+LATEST_VENV ?= build/venv-latest
+test-latest: install
+	rm -rf $(LATEST_VENV) && $(PYTHON) -m venv $(LATEST_VENV)
+	$(UV) pip install --quiet --python $(LATEST_VENV)/bin/python --refresh --upgrade -r pyproject.toml --all-extras
+	$(UV) pip install --quiet --python $(LATEST_VENV)/bin/python --no-deps -e .
+	$(UV) pip freeze --python $(LATEST_VENV)/bin/python > build/latest-versions.txt
+	@$(PYTHON) requirements/newer_than_lock.py $(LOCK) build/latest-versions.txt
+	@touch $(LATEST_VENV)/.installed-stamp
+	$(MAKE) test VENV=$(LATEST_VENV)
 
 demo: install
 	$(BIN)/kinesis-lab demo $(if $(DATASET),--dataset "$(abspath $(DATASET))") $(if $(FAILURE_RATE),--simulated-failure-rate $(FAILURE_RATE))
@@ -30,9 +58,9 @@ demo: install
 # two workers, each module on one of them, the longest modules first (see tests/conftest.py)
 XDIST_ARGS ?= -n 2 --dist loadscope --no-loadscope-reorder
 
+# the committed notebooks' nbval run is one of the suite's tests (tests/test_nbval.py), on a worker of its own
 test: install lint
 	$(BIN)/python -m pytest tests $(XDIST_ARGS) $(PYTEST_ARGS)
-	$(MAKE) nbval
 
 lint: install
 	$(BIN)/ruff check .
@@ -50,13 +78,10 @@ test-under-load: install
 	done
 
 nbval: install
-	rm -rf build/nbval
-	$(NBVAL_ENV) $(BIN)/python -m pytest $(NBVAL_ARGS) notebooks; status=$$?; \
-	  $(NBVAL_ENV) $(BIN)/kinesis-lab down >/dev/null; exit $$status
+	$(BIN)/python -m pytest tests/test_nbval.py $(PYTEST_ARGS)
 
 # JupyterLab on the repository root (the notebooks' ../images/ resolve), 00_setup open; on local it starts the stack
 lab: install
-	$(BIN)/python -m pip install --quiet -e '.[dev,lab]'
 	$(BIN)/kinesis-lab lab $(LAB_ARGS)
 
 up: install

@@ -33,6 +33,7 @@ FIXTURE_MARKERS = {
     "pipeline_builds": ("spark", "slow"),  # a pipeline run: a Spark Connect server, 15-60 s per cold start
     "spark_session": ("spark",),
     "demo_run": ("notebooks", "slow"),  # the whole notebook series
+    "nbval_build": ("notebooks", "slow"),  # the committed notebooks under nbval (tests/test_nbval.py)
 }
 
 

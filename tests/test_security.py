@@ -180,6 +180,29 @@ def test_firehose_role_writes_its_bucket_and_nothing_else(aws_clients, clean_sta
     assert s3.list_objects_v2(Bucket=OTHER_BUCKET)["KeyCount"] == 1  # untouched
 
 
+def test_s3_requests_are_checked_as_the_iam_actions_aws_names(aws_clients, clean_stack):
+    """AWS checks ListObjectsV2 and HeadBucket as ``s3:ListBucket`` (the service authorization reference has no
+    ``s3:ListObjectsV2`` action). moto 5.2.6 started checking the API operation's name instead, so every policy
+    written for AWS was refused a listing (issue 20); the lab's moto server maps them back (moto_server.py)."""
+    iam, s3 = aws_clients("iam"), aws_clients("s3")
+    s3.create_bucket(Bucket=LAB_BUCKET)
+    s3.put_object(Bucket=LAB_BUCKET, Key="bronze/a.json", Body=b"{}")
+    bucket_arn = f"arn:aws:s3:::{LAB_BUCKET}"
+    aws_named = user_session(iam, "aws-named", {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn}]})
+    operation_named = user_session(iam, "operation-named", {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:ListObjectsV2", "s3:HeadBucket"], "Resource": bucket_arn}]})
+    set_iam_enforcement(clean_stack.endpoint, True)
+    try:
+        allowed, refused = aws_named.client("s3"), operation_named.client("s3")
+        assert [o["Key"] for o in allowed.list_objects_v2(Bucket=LAB_BUCKET)["Contents"]] == ["bronze/a.json"]
+        assert allowed.head_bucket(Bucket=LAB_BUCKET)["ResponseMetadata"]["HTTPStatusCode"] == 200
+        assert error_code(lambda: refused.list_objects_v2(Bucket=LAB_BUCKET)) in DENIED
+        assert error_code(lambda: allowed.get_object(Bucket=LAB_BUCKET, Key="bronze/a.json")) in DENIED
+    finally:
+        set_iam_enforcement(clean_stack.endpoint, False)
+
+
 def test_teardown_that_cannot_read_a_buckets_tags_deletes_nothing(aws_clients, clean_stack):
     """A bucket of the lab's name whose tags teardown may not read (on AWS: the name is taken by another
     account) is not emptied: the error stops teardown before any delete."""

@@ -10,7 +10,8 @@ to AWS:
 - a trust policy naming a service principal (``{"Service": "firehose.amazonaws.com"}``) no longer fails with
   HTTP 500: it admits an IAM user *named* after the service (user ``firehose.amazonaws.com``), which stands in
   for the service, since moto cannot act as one;
-- S3 requests are checked as the IAM actions AWS checks: ``HeadBucket`` as ``s3:ListBucket``, the public access
+- S3 requests are checked as the IAM actions AWS checks (moto 5.2.6 checks the API operation's name instead,
+  ``s3:ListObjectsV2`` for a listing, which no IAM policy can grant): ``HeadBucket`` as ``s3:ListBucket``, the public access
   block and default encryption as ``s3:*BucketPublicAccessBlock`` / ``s3:*EncryptionConfiguration`` (moto checked
   ``s3:HeadBucket``, ``s3:CreateBucket``, ``s3:ListBucket``), and ``DeleteObjects`` key by key (moto checked the
   bucket's ARN, so a policy scoped to a prefix could delete nothing; here a batch with any refused key is refused
@@ -239,6 +240,16 @@ def s3_actions_as_aws_checks_them() -> None:
     import xmltodict
     from moto.s3 import responses
     from moto.s3.exceptions import BucketAccessDeniedError, S3AccessDeniedError
+
+    # moto 5.2.6 names the checked action after the API operation (s3:ListObjectsV2, s3:HeadBucket, ...), which
+    # no IAM policy can grant; the IAM action moto's S3 sets in ``data["Action"]`` (5.2.5's answer) is AWS's.
+    get_action = responses.S3Response._get_action
+
+    def iam_action(self) -> str:
+        action = self.data.get("Action") if isinstance(self.data, dict) else None
+        return (action[0] if isinstance(action, list) else action) or get_action(self)
+
+    responses.S3Response._get_action = iam_action
 
     bucket = responses.ACTION_MAP["BUCKET"]
     bucket["HEAD"]["DEFAULT"] = "ListBucket"
