@@ -16,8 +16,6 @@ to AWS:
   ``s3:HeadBucket``, ``s3:CreateBucket``, ``s3:ListBucket``), and ``DeleteObjects`` key by key (moto checked the
   bucket's ARN, so a policy scoped to a prefix could delete nothing; here a batch with any refused key is refused
   as a whole, where AWS deletes the others);
-- moto 5.2.6 checks S3 requests as their API operation (``s3:ListObjectsV2``, ``s3:HeadObject``); here as the
-  IAM action AWS checks (``s3:ListBucket``, ``s3:GetObject``: ``S3_IAM_ACTIONS``);
 - a trust policy's ``StringEquals`` on ``sts:ExternalId`` refuses an AssumeRole that sends no external id (moto
   allowed it);
 - a statement that applies only to requests without TLS (``"Bool": {"aws:SecureTransport": "false"}``, as in the
@@ -208,34 +206,6 @@ def requests_count_as_tls() -> None:
     IAMPolicyStatement.is_action_permitted = check
 
 
-# moto 5.2.6 checks an S3 request as its API operation (``s3:ListObjectsV2``), not as the IAM action AWS
-# checks for it (``s3:ListBucket``): a role allowed to list a bucket was refused. Operation -> IAM action:
-S3_IAM_ACTIONS = {
-    "ListObjects": "ListBucket", "ListObjectsV2": "ListBucket", "HeadBucket": "ListBucket",
-    "HeadObject": "GetObject", "ListObjectVersions": "ListBucketVersions",
-    "ListMultipartUploads": "ListBucketMultipartUploads", "ListParts": "ListMultipartUploadParts",
-    "GetPublicAccessBlock": "GetBucketPublicAccessBlock", "PutPublicAccessBlock": "PutBucketPublicAccessBlock",
-    "DeletePublicAccessBlock": "PutBucketPublicAccessBlock", "GetBucketEncryption": "GetEncryptionConfiguration",
-    "PutBucketEncryption": "PutEncryptionConfiguration", "DeleteBucketEncryption": "PutEncryptionConfiguration",
-    "DeleteObjects": "DeleteObject",
-    "CreateMultipartUpload": "PutObject", "UploadPart": "PutObject", "CompleteMultipartUpload": "PutObject",
-}
-LAB_S3_ACTION = "LabIamAction"  # set in a request's data: the IAM action to check for it (DeleteObjects key by key)
-
-
-def s3_requests_as_iam_actions() -> None:
-    from moto.iam.access_control import S3IAMRequest
-
-    init = S3IAMRequest.__init__
-
-    def checked_as_iam_action(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        operation = self._action.split(":", 1)[1]
-        self._action = f"s3:{self._data.get(LAB_S3_ACTION) or S3_IAM_ACTIONS.get(operation, operation)}"
-
-    S3IAMRequest.__init__ = checked_as_iam_action
-
-
 def s3_actions_as_aws_checks_them() -> None:
     import xmltodict
     from moto.s3 import responses
@@ -266,13 +236,11 @@ def s3_actions_as_aws_checks_them() -> None:
         for obj in objects if isinstance(objects, list) else [objects]:
             # AWS: s3:DeleteObject always, and s3:DeleteObjectVersion for a given version (even "null")
             for action in ("DeleteObject", "DeleteObjectVersion") if obj.get("VersionId") else ("DeleteObject",):
-                self.data["Action"] = self.data[LAB_S3_ACTION] = action
+                self.data["Action"] = action
                 try:
                     self._authenticate_and_authorize_s3_action(bucket_name=bucket_name, key_name=obj["Key"])
                 except (BucketAccessDeniedError, S3AccessDeniedError):
                     return delete_keys(self, bucket_name, authenticated=False)
-                finally:
-                    self.data.pop(LAB_S3_ACTION, None)
         return delete_keys(self, bucket_name, authenticated=True)
 
     responses.S3Response._bucket_response_delete_keys = key_by_key
@@ -311,7 +279,6 @@ def main(argv: list[str] | None = None) -> None:
     service_principal_stand_ins()
     requests_count_as_tls()
     s3_actions_as_aws_checks_them()
-    s3_requests_as_iam_actions()
     external_id_required()
     if os.environ.get("LAB_MOTO_AUTH_LOG"):
         record_checks(os.environ["LAB_MOTO_AUTH_LOG"])
