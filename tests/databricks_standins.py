@@ -4,11 +4,17 @@
   Each request's method, path and JSON body is checked against the API's request fields (as documented and
   as the SDK's ``service/catalog.py`` sends them: ``aws_iam_role`` takes ``role_arn`` only, ``external_id``
   and ``unity_catalog_iam_arn`` are output only); anything else is a problem the test reports.
+  Validation answers from IAM, as Unity Catalog does: the stand-in's UC master principal (an IAM user of the
+  local moto stack, ``UCMaster``) really assumes the credential's role with the credential's external id
+  (``sts:ExternalId``) and lists / reads the URL as that role. A trust policy without that id fails validation,
+  and location creation, which validates unless ``skip_validation``, is refused with PERMISSION_DENIED. Without
+  a ``UCMaster`` every check FAILs: the stand-in never says yes on its own.
 - ``notebook_globals``: what the kernel's IPython startup file puts in the notebook, ``dbutils`` (widgets
   only) and ``spark``: a local Spark session on the local pipeline's own metastore, so its tables are read
   as ``spark_catalog.<layer>.<table>`` (open-source Spark has one session catalog, ``spark_catalog``: the
-  tests pass it as the notebooks' ``catalog``). The SQL that only Unity Catalog knows (CREATE CATALOG,
-  external locations, GRANT READ FILES, LIST) is recorded and answered here; everything else runs in Spark.
+  tests pass it as the notebooks' ``catalog``); ``dbutils.notebook.exit`` ends the run as Databricks does.
+  The SQL that only Unity Catalog knows (CREATE CATALOG, external locations, GRANT READ FILES, LIST) is
+  recorded and answered here; everything else runs in Spark.
 """
 
 from __future__ import annotations
@@ -58,11 +64,54 @@ def field_problems(body, fields: dict, where: str = "body") -> list[str]:
     return problems
 
 
+class UCMaster:
+    """Databricks' UC master role, stood in for by an IAM user of the local stack (moto cannot hold
+    Databricks' account): its keys, and the stack's endpoint. IAM enforcement must be on for the role's
+    trust policy to be checked."""
+
+    def __init__(self, endpoint: str, access_key_id: str, secret_access_key: str, region: str = "us-east-1"):
+        import boto3
+
+        self.endpoint, self.region = endpoint, region
+        self.session = boto3.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+                                     region_name=region)
+
+    def checks(self, role_arn: str, external_id: str, url: str) -> dict[str, tuple[bool, str]]:
+        """READ and LIST of ``url`` as ``role_arn`` assumed with ``external_id``: operation -> (passed, message)."""
+        import boto3
+        from botocore.exceptions import ClientError
+
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        try:
+            creds = self.session.client("sts", endpoint_url=self.endpoint).assume_role(
+                RoleArn=role_arn, RoleSessionName="databricks-uc-validation", ExternalId=external_id)["Credentials"]
+        except ClientError as exc:
+            message = f"Failed to get credentials: AWS IAM role {role_arn} cannot be assumed ({exc})"
+            return {"READ": (False, message), "LIST": (False, message)}
+        s3 = boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
+                          aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                          aws_session_token=creds["SessionToken"])
+        results = {}
+        try:
+            listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("Contents", [])
+            results["LIST"] = (True, "")
+        except ClientError as exc:
+            listed, results["LIST"] = [], (False, f"AWS IAM role does not have LIST permissions on url {url}: {exc}")
+        try:
+            if listed:
+                s3.get_object(Bucket=bucket, Key=listed[0]["Key"], Range="bytes=0-0")
+            results["READ"] = (results["LIST"][0] or bool(listed), "" if results["LIST"][0] else "nothing listed")
+        except ClientError as exc:
+            results["READ"] = (False, f"AWS IAM role does not have READ permissions on url {url}: {exc}")
+        return results
+
+
 class UnityCatalogAPI:
     """Storage credentials, external locations and their validation, as the SDK's calls reach them."""
 
-    def __init__(self, token: str = "dapi-test-token"):
-        self.token = token
+    def __init__(self, token: str = "dapi-test-token", uc_master: UCMaster | None = None,
+                 external_id: str = EXTERNAL_ID):
+        self.token, self.uc_master, self.external_id = token, uc_master, external_id
         self.credentials: dict[str, dict] = {}
         self.locations: dict[str, dict] = {}
         self.requests: list[tuple[str, str, dict | None]] = []  # (method, path, JSON body)
@@ -143,7 +192,7 @@ class UnityCatalogAPI:
         info = {"name": body["name"], "id": str(uuid.uuid4()), "full_name": body["name"],
                 "owner": "learner@example.com", "read_only": body.get("read_only", False),
                 "comment": body.get("comment"), "isolation_mode": "ISOLATION_MODE_OPEN",
-                "aws_iam_role": {"role_arn": body["aws_iam_role"]["role_arn"], "external_id": EXTERNAL_ID,
+                "aws_iam_role": {"role_arn": body["aws_iam_role"]["role_arn"], "external_id": self.external_id,
                                  "unity_catalog_iam_arn": UC_MASTER_ROLE_ARN}}
         self.credentials[body["name"]] = info
         return 200, info
@@ -159,6 +208,13 @@ class UnityCatalogAPI:
             info["aws_iam_role"]["role_arn"] = body["aws_iam_role"]["role_arn"]
         return 200, info
 
+    def _read_checks(self, credential: dict, url: str) -> dict[str, tuple[bool, str]]:
+        """READ and LIST of ``url`` with the credential, answered from IAM (all FAIL without a UC master)."""
+        if self.uc_master is None:
+            return {op: (False, "the stand-in has no UC master principal to validate with") for op in ("READ", "LIST")}
+        role = credential["aws_iam_role"]
+        return self.uc_master.checks(role["role_arn"], role["external_id"], url)
+
     def post_validate(self, body, *_):
         if not self._checked("validate storage credential", body, VALIDATE, ("url",)):
             return 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "bad request"}
@@ -167,10 +223,15 @@ class UnityCatalogAPI:
             return self._missing("credential", str(name))
         if not body["url"].startswith("s3://"):
             self.problems.append(f"validate: url {body['url']} is not an s3:// URL")
-        operations = ["READ", "LIST"] if body.get("read_only") else ["READ", "LIST", "WRITE", "DELETE"]
-        # the lab's role may only read: a read-write validation fails the writes, as on AWS
-        return 200, {"isDir": True, "results": [
-            {"operation": op, "result": "PASS" if op in ("READ", "LIST") else "FAIL"} for op in operations]}
+        location = body.get("external_location_name")
+        if location is not None and location not in self.locations:
+            return self._missing("location", location)
+        checks = self._read_checks(self.credentials[name], body["url"])
+        results = [{"operation": op, "result": "PASS" if checks[op][0] else "FAIL", "message": checks[op][1]}
+                   for op in ("READ", "LIST")]
+        if not body.get("read_only"):  # the lab's role may only read: a read-write validation fails the writes
+            results += [{"operation": op, "result": "FAIL", "message": "AccessDenied"} for op in ("WRITE", "DELETE")]
+        return 200, {"isDir": True, "results": results}
 
     def get_location(self, body, name):
         if body is not None:
@@ -184,6 +245,11 @@ class UnityCatalogAPI:
             return self._missing("credential", body["credential_name"])
         if body["name"] in self.locations:
             return 409, {"error_code": "EXTERNAL_LOCATION_ALREADY_EXISTS", "message": body["name"]}
+        if not body.get("skip_validation"):  # Unity Catalog validates the credential on the URL first
+            failed = [m for ok, m in self._read_checks(self.credentials[body["credential_name"]], body["url"]).values()
+                      if not ok]
+            if failed:
+                return 403, {"error_code": "PERMISSION_DENIED", "message": failed[0]}
         info = {"name": body["name"], "url": body["url"], "credential_name": body["credential_name"],
                 "read_only": body.get("read_only", False), "comment": body.get("comment"),
                 "enable_file_events": body.get("enable_file_events", True), "owner": "learner@example.com",
@@ -264,9 +330,26 @@ class Widgets:
         return self._values.get(name, self._defaults[name])
 
 
+class Notebook:
+    """``dbutils.notebook.exit(value)`` as in a Databricks notebook: the run ends there, successfully, and the
+    cells after it do not run (an input transformer empties them). Unlike Databricks, the rest of the calling
+    cell still runs (the kernel would report anything raised as an error): notebooks call it last in a cell."""
+
+    def __init__(self, log: _Log):
+        self._log = log
+
+    def exit(self, value: str) -> None:
+        from IPython import get_ipython
+
+        self._log.write(kind="exit", value=str(value))
+        get_ipython().input_transformers_cleanup.append(lambda lines: [])
+        print(f"Notebook exited: {value}")
+
+
 class DbUtils:
-    def __init__(self, widgets: Widgets):
+    def __init__(self, widgets: Widgets, log: _Log):
         self.widgets = widgets
+        self.notebook = Notebook(log)
 
 
 class SparkStandIn:
@@ -331,7 +414,7 @@ def notebook_globals(settings: dict) -> dict:
         builder = builder.config(key, value)
     session = builder.enableHiveSupport().getOrCreate()
     return {"spark": SparkStandIn(session, log, settings["s3_mirror"]),
-            "dbutils": DbUtils(Widgets(settings["widgets"], log))}
+            "dbutils": DbUtils(Widgets(settings["widgets"], log), log)}
 
 
 STARTUP_FILE = f"""# IPython startup file written by tests/test_databricks_mode.py: the notebook's `spark` and `dbutils`

@@ -114,7 +114,7 @@ def test_targets_dev_default_and_prod(bundle):
     assert targets["prod"]["mode"] == "production" and not targets["prod"].get("default")
     assert targets["prod"]["workspace"]["root_path"].startswith("/Workspace/")
     for name, target in targets.items():
-        assert set(target) <= {"mode", "default", "variables", "workspace"}, name
+        assert set(target) <= {"mode", "default", "variables", "workspace"} | ({"resources"} if name == "dev" else set()), name
         assert set(target.get("variables", {})) <= set(bundle["variables"]), name
 
 

@@ -159,9 +159,9 @@ def test_uc_role_on_the_stack_with_iam_enforced(clean_stack):
 
         assert denied(lambda: assume(ExternalId="wrong-id"))
         assert denied(lambda: assume(ExternalId=uc.PLACEHOLDER_EXTERNAL_ID))  # the old id no longer works
-        # moto gap: with NO external id at all moto allows it (it only checks values that are sent);
-        # real AWS denies it because the StringEquals condition has no value to match.
-        assert assume()["AccessKeyId"]
+        # with NO external id at all AWS denies it too: the StringEquals condition has no value to match
+        # (moto allowed it; the lab's moto server refuses it: moto_server.external_id_required)
+        assert denied(lambda: assume())
         # a principal the trust policy does not name is refused even with the right id and sts:* rights
         assert denied(
             lambda: admin.client("sts").assume_role(
@@ -446,6 +446,8 @@ class FakeCredentials(FakeAPI):
         return self._store("update", name, kwargs, StorageCredentialInfo(
             name=name, aws_iam_role=role, read_only=kwargs.get("read_only")))
 
+    trusted: set[str] = set()  # the external ids the role trusts; validation passes only for those
+
     def validate(self, **kwargs):
         from databricks.sdk.service.catalog import (
             ValidateStorageCredentialResponse,
@@ -455,19 +457,32 @@ class FakeCredentials(FakeAPI):
         )
 
         self.calls.append(("validate", kwargs.get("storage_credential_name"), kwargs))
+        info = self.items[kwargs["storage_credential_name"]]
+        read = ValidationResultResult.PASS if info.aws_iam_role.external_id in self.trusted else ValidationResultResult.FAIL
         ops = [ValidationResultOperation.READ, ValidationResultOperation.LIST]
         if not kwargs.get("read_only"):  # what a read-only role answers to a read-write validation
             ops += [ValidationResultOperation.WRITE, ValidationResultOperation.DELETE]
         return ValidateStorageCredentialResponse(results=[
-            ValidationResult(operation=op, result=ValidationResultResult.PASS
-                             if op in (ValidationResultOperation.READ, ValidationResultOperation.LIST)
-                             else ValidationResultResult.FAIL) for op in ops])
+            ValidationResult(operation=op, result=read if op in ops[:2] else ValidationResultResult.FAIL)
+            for op in ops])
 
 
 class FakeLocations(FakeAPI):
+    """Creation validates the credential first, as Unity Catalog does: PERMISSION_DENIED unless the role
+    trusts the credential's external id."""
+
+    def __init__(self, items=None, credentials: FakeCredentials | None = None):
+        super().__init__(items)
+        self.credentials = credentials
+
     def create(self, name, url, credential_name, **kwargs):
+        from databricks.sdk.errors import PermissionDenied
         from databricks.sdk.service.catalog import ExternalLocationInfo
 
+        self.calls.append(("try create", name, {}))
+        info = self.credentials.items[credential_name]
+        if info.aws_iam_role.external_id not in self.credentials.trusted:
+            raise PermissionDenied(f"AWS IAM role does not have READ permissions on url {url}")
         return self._store("create", name, {"url": url, "credential_name": credential_name, **kwargs},
                            ExternalLocationInfo(name=name, url=url, credential_name=credential_name,
                                                 read_only=kwargs.get("read_only")))
@@ -483,7 +498,7 @@ class FakeLocations(FakeAPI):
 class FakeWorkspace:
     def __init__(self, credentials=None, locations=None):
         self.storage_credentials = FakeCredentials(credentials)
-        self.external_locations = FakeLocations(locations)
+        self.external_locations = FakeLocations(locations, self.storage_credentials)
 
 
 ROLE_ARN = f"arn:aws:iam::123456789012:role/{ROLE_NAME}"
@@ -514,9 +529,11 @@ def test_existing_read_write_credential_is_made_read_only():
 
 def test_external_location_is_created_read_only_without_file_events():
     w = FakeWorkspace()
+    uc.create_storage_credential(w, "cred", ROLE_ARN)
+    w.storage_credentials.trusted = {EXTERNAL_ID}
     info, message = uc.ensure_external_location(w, "landing", URL, "cred")
     assert message == f"created read-only external location landing -> {URL}" and info.read_only is True
-    [(op, name, kwargs)] = [c for c in w.external_locations.calls if c[0] != "get"]
+    [(op, name, kwargs)] = [c for c in w.external_locations.calls if c[0] == "create"]
     assert (op, name, kwargs["url"], kwargs["credential_name"]) == ("create", "landing", URL, "cred")
     assert kwargs["read_only"] is True and kwargs["enable_file_events"] is False
     assert uc.ensure_external_location(w, "landing", URL, "cred")[1] == (
@@ -526,20 +543,27 @@ def test_external_location_is_created_read_only_without_file_events():
 def test_existing_read_write_location_is_made_read_only():
     from databricks.sdk.service.catalog import ExternalLocationInfo
 
-    w = FakeWorkspace(locations={"landing": ExternalLocationInfo(name="landing", url=URL, read_only=False)})
+    w = FakeWorkspace(locations={"landing": ExternalLocationInfo(name="landing", url=URL, credential_name="cred",
+                                                                 read_only=False)})
     info, message = uc.ensure_external_location(w, "landing", URL, "cred")
     assert info.read_only is True and message == f"external location landing ({URL}) made read-only"
     assert [c for c in w.external_locations.calls if c[0] == "update"] == [
         ("update", "landing", {"read_only": True})]
 
 
-def test_validation_asks_for_read_only_checks():
+def test_validation_asks_for_read_only_checks_and_passes_only_a_trusted_id():
     w = FakeWorkspace()
-    rows = uc.validate_storage_credential(w, "cred", URL)
-    assert w.storage_credentials.calls == [
-        ("validate", "cred", {"storage_credential_name": "cred", "url": URL, "read_only": True})]
-    assert rows == [{"operation": "READ", "result": "PASS", "message": ""},
-                    {"operation": "LIST", "result": "PASS", "message": ""}]
+    uc.create_storage_credential(w, "cred", ROLE_ARN)
+    w.storage_credentials.calls.clear()
+    slept = []
+    rows = uc.validate_storage_credential(w, "cred", URL, external_location_name="landing", sleep=slept.append)
+    assert w.storage_credentials.calls[0] == ("validate", "cred", {
+        "storage_credential_name": "cred", "url": URL, "read_only": True, "external_location_name": "landing"})
+    assert rows == [{"operation": "READ", "result": "FAIL", "message": ""},
+                    {"operation": "LIST", "result": "FAIL", "message": ""}]
+    assert slept == list(uc.PROPAGATION_DELAYS)  # asked again after each delay, then gave up
+    w.storage_credentials.trusted = {EXTERNAL_ID}
+    assert uc.failed_read_checks(uc.validate_storage_credential(w, "cred", URL, sleep=slept.append)) == []
 
 
 def test_sdk_accepts_the_read_only_arguments():

@@ -6,7 +6,10 @@ The order on real AWS + Databricks (notebook 06):
    role, then adds the role itself (self-assume) once it exists.
 2. ``create_storage_credential``: Databricks answers with the credential's external id.
 3. ``ensure_uc_role`` again with that external id: only the trust policy changes (shown as a diff).
-4. ``ensure_external_location``, ``validate_storage_credential`` and the SQL in ``databricks/sql/``.
+4. ``ensure_external_location`` (Unity Catalog validates the credential before it creates a location: retried
+   while the trust update propagates), ``validate_storage_credential`` and the SQL in ``databricks/sql/``.
+Steps 2-4 are ``uc_access_from_machine``. Inside Databricks (no AWS credentials) the role's trust policy is
+updated on the learner's machine between two runs: ``kinesis_lab.course.databricks_runtime.uc_access_in_workspace``.
 
 The pipeline only reads the landing bucket, so everything is read-only: the role may only get and list
 (``aws-policy/uc-permissions-policy.json``), and the credential and external location are created with
@@ -201,15 +204,16 @@ def uc_master_role_arn_of(info) -> str:
     return (role.unity_catalog_iam_arn if role is not None else None) or policies.UC_MASTER_ROLE_ARN
 
 
-def create_storage_credential(w, name: str, role_arn: str):
+def ensure_storage_credential(w, name: str, role_arn: str):
     """Get or create the read-only storage credential ``name`` for ``role_arn``; one that exists with
-    another role or not read-only is updated. Returns ``(info, external_id)``. Created with
+    another role or not read-only is updated. Returns ``(info, external_id, created)``. Created with
     ``skip_validation``: the role cannot trust the external id before Databricks issues it."""
     from databricks.sdk.errors import NotFound
     from databricks.sdk.service.catalog import AwsIamRoleRequest
 
     try:
         info = w.storage_credentials.get(name)
+        created = False
         if info.aws_iam_role is None or info.aws_iam_role.role_arn != role_arn or not info.read_only:
             info = w.storage_credentials.update(
                 name, aws_iam_role=AwsIamRoleRequest(role_arn=role_arn), read_only=True, skip_validation=True
@@ -222,28 +226,82 @@ def create_storage_credential(w, name: str, role_arn: str):
             read_only=True,
             skip_validation=True,
         )
-    return info, external_id_of(info)
+        created = True
+    return info, external_id_of(info), created
 
 
-def ensure_external_location(w, name: str, url: str, credential_name: str):
+def create_storage_credential(w, name: str, role_arn: str):
+    """``ensure_storage_credential`` without the ``created`` flag: ``(info, external_id)``."""
+    info, external_id, _ = ensure_storage_credential(w, name, role_arn)
+    return info, external_id
+
+
+class LocationMismatch(ValueError):
+    """An external location of that name exists on another URL or with another credential."""
+
+
+class TrustNotUpdated(RuntimeError):
+    """Unity Catalog cannot read the bucket with the credential: the role does not trust its external id yet."""
+
+
+def trust_step(role_arn: str, external_id: str) -> str:
+    """The exact commands (from the repository root, with AWS credentials that may change IAM) that make the
+    role trust ``external_id``."""
+    role_name = role_arn.rsplit("/", 1)[-1]
+    return (f"  python -m kinesis_lab.cloud.policies uc trust --external-id {external_id} > build/uc-trust.json\n"
+            f"  aws iam update-assume-role-policy --role-name {role_name} "
+            "--policy-document file://build/uc-trust.json")
+
+
+def _same_url(a: str | None, b: str) -> bool:
+    return (a or "").rstrip("/") == b.rstrip("/")
+
+
+def _create_location(w, name, url, credential_name, delays, sleep):
+    """Create the location; Unity Catalog validates the credential on ``url`` first and answers
+    PERMISSION_DENIED while the role does not (yet) trust it: asked again after each of ``delays``."""
+    from databricks.sdk.errors import PermissionDenied
+
+    for delay in (*delays, None):
+        try:
+            return w.external_locations.create(
+                name,
+                url,
+                credential_name,
+                comment="kinesis lab: Firehose landing bucket (read-only)",
+                read_only=True,
+                enable_file_events=False,
+            )
+        except PermissionDenied as exc:
+            if delay is None:
+                raise TrustNotUpdated(
+                    f"Unity Catalog could not read {url} with the storage credential {credential_name} ({exc}): "
+                    "the UC role must trust the credential's external id (and may need a minute after that); "
+                    "update its trust policy, then run this cell again"
+                ) from exc
+            sleep(delay)
+
+
+def ensure_external_location(w, name: str, url: str, credential_name: str, delays=PROPAGATION_DELAYS,
+                             sleep=time.sleep):
     """Get or create the read-only external location ``name`` on ``url``; one that exists but is not
-    read-only is made read-only. File events stay off: the pipeline lists the bucket, and the role has no
-    SNS/SQS permissions (``aws-policy/uc-file-events-policy.json`` is the opt-in). Returns
-    ``(info, message)``."""
+    read-only is made read-only; one on another URL or with another credential raises ``LocationMismatch``
+    (nothing is changed). Creation validates the credential (retried while a trust update propagates).
+    File events stay off: the pipeline lists the bucket, and the role has no SNS/SQS permissions
+    (``aws-policy/uc-file-events-policy.json`` is the opt-in). Returns ``(info, message)``."""
     from databricks.sdk.errors import NotFound
 
     try:
         info = w.external_locations.get(name)
     except NotFound:
-        info = w.external_locations.create(
-            name,
-            url,
-            credential_name,
-            comment="kinesis lab: Firehose landing bucket (read-only)",
-            read_only=True,
-            enable_file_events=False,
-        )
+        info = _create_location(w, name, url, credential_name, delays, sleep)
         return info, f"created read-only external location {name} -> {url}"
+    if not _same_url(info.url, url) or info.credential_name != credential_name:
+        raise LocationMismatch(
+            f"external location {name} already exists on {info.url} with credential {info.credential_name}, "
+            f"not on {url} with {credential_name}: the lab will not change it. Drop it (DROP EXTERNAL LOCATION "
+            f"`{name}`) if it is the lab's, or choose another name with location_name, then run again"
+        )
     if not info.read_only:
         info = w.external_locations.update(name, read_only=True)
         return info, f"external location {name} ({info.url}) made read-only"
@@ -271,15 +329,45 @@ def failed_read_checks(rows: list[dict]) -> list[str]:
     return [operation for operation in READ_CHECKS if operation not in passed]
 
 
-def validate_storage_credential(w, name: str, url: str, delays=PROPAGATION_DELAYS, sleep=time.sleep) -> list[dict]:
+def validate_storage_credential(w, name: str, url: str, external_location_name: str | None = None,
+                                delays=PROPAGATION_DELAYS, sleep=time.sleep) -> list[dict]:
     """Ask Unity Catalog to read and list at ``url`` with the credential (``read_only``: no write or delete
-    test, which the read-only role would fail); one row per operation. Asked again after each of
-    ``delays`` while a read check fails: a trust policy just updated takes a few seconds to apply."""
+    test, which the read-only role would fail); one row per operation. ``external_location_name`` names the
+    location being checked (where locations overlap, the one meant). Asked again after each of ``delays``
+    while a read check fails: a trust policy just updated takes a few seconds to apply."""
+    extra = {"external_location_name": external_location_name} if external_location_name else {}
     for delay in (*delays, None):
-        rows = validation_rows(w.storage_credentials.validate(storage_credential_name=name, url=url, read_only=True))
+        rows = validation_rows(w.storage_credentials.validate(
+            storage_credential_name=name, url=url, read_only=True, **extra))
         if not failed_read_checks(rows) or delay is None:
             return rows
         sleep(delay)
+
+
+def location_and_validation(w, *, credential_name: str, location_name: str, url: str, sleep=time.sleep) -> dict:
+    """The external location (created with validation, retried while a trust update propagates), then the
+    credential validated on it: ``{"message", "validation"}``; a failed read check raises ``TrustNotUpdated``."""
+    _, message = ensure_external_location(w, location_name, url, credential_name, sleep=sleep)
+    rows = validate_storage_credential(w, credential_name, url, external_location_name=location_name, sleep=sleep)
+    failed = failed_read_checks(rows)
+    if failed:
+        raise TrustNotUpdated(f"the storage credential {credential_name} cannot {' or '.join(failed)} {url}: the UC "
+                              "role must trust its external id; update the trust policy, then run this cell again")
+    return {"message": message, "validation": rows}
+
+
+def uc_access_from_machine(w, iam, *, credential_name: str, location_name: str, url: str, role_name: str,
+                           account_id: str, bucket: str, tags: dict[str, str], partition: str = "aws",
+                           sleep=time.sleep) -> dict:
+    """With AWS credentials and a workspace login (the learner's machine): the credential, the role trusting
+    its external id, then the location and its validation. Returns what ``location_and_validation`` does,
+    plus ``"role"`` (``ensure_uc_role``'s answer)."""
+    role_arn = policies.role_arn(account_id, role_name, partition)
+    info, external_id, _ = ensure_storage_credential(w, credential_name, role_arn)
+    role = ensure_uc_role(iam, role_name=role_name, account_id=account_id, bucket=bucket, external_id=external_id,
+                          tags=tags, uc_master_role_arn=uc_master_role_arn_of(info), partition=partition, sleep=sleep)
+    return {"role": role, **location_and_validation(w, credential_name=credential_name, location_name=location_name,
+                                                    url=url, sleep=sleep)}
 
 
 # --- SQL templates ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ is its own folder on DBR 14.0+ and serverless).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 
 from kinesis_lab.cloud.config import LabConfig, qualified_name
@@ -44,6 +45,43 @@ def require_sdk(minimum: tuple[int, int] = MIN_SDK_VERSION) -> None:
             f"databricks-sdk {__version__} is too old for this notebook (needs {'.'.join(map(str, minimum))} or "
             "later): run `%pip install --upgrade databricks-sdk` in a cell, then `dbutils.library.restartPython()`"
         )
+
+
+def uc_access_in_workspace(w, *, credential_name: str, location_name: str, url: str, role_arn: str,
+                           sleep=time.sleep) -> dict:
+    """Notebook 06 inside Databricks: the storage credential, then (once the role trusts its external id) the
+    external location and its validation; returns ``uc.location_and_validation``'s answer.
+
+    Databricks compute cannot change IAM, so a credential whose external id the role does not trust yet stops
+    here with ``uc.TrustNotUpdated`` naming the exact commands to run on the learner's machine; the next run
+    goes on. A credential created just now is refused at once (nobody can trust an id issued a moment ago);
+    an older one is validated again while a trust update propagates."""
+    from kinesis_lab.cloud import uc
+
+    _, external_id, created = uc.ensure_storage_credential(w, credential_name, role_arn)
+    rows = uc.validate_storage_credential(w, credential_name, url, delays=() if created else uc.PROPAGATION_DELAYS,
+                                          sleep=sleep)
+    if uc.failed_read_checks(rows):
+        raise uc.TrustNotUpdated(
+            f"storage credential {credential_name} is ready; the UC role does not trust its external id yet "
+            f"(Unity Catalog cannot read {url}). Databricks cannot change IAM: on your machine (AWS credentials), "
+            f"from the repository root, run\n{uc.trust_step(role_arn, external_id)}\n(or run notebook 06 there "
+            "with target=\"aws\" and a workspace login: it does it), then run this notebook again.")
+    return uc.location_and_validation(w, credential_name=credential_name, location_name=location_name, url=url,
+                                      sleep=sleep)
+
+
+def workspace_checks(w, *, credential_name: str, location_name: str, url: str, role_arn: str) -> dict[str, bool]:
+    """The credential and the location read back from Unity Catalog: what notebook 06 made."""
+    credential = w.storage_credentials.get(credential_name)
+    location = w.external_locations.get(location_name)
+    return {
+        "the credential uses the UC role": credential.aws_iam_role.role_arn == role_arn,
+        "the credential is read-only": credential.read_only is True,
+        "the location is the landing bucket": location.url.rstrip("/") == url.rstrip("/"),
+        "the location uses the credential": location.credential_name == credential_name,
+        "the location is read-only": location.read_only is True,
+    }
 
 
 def table_reader(cfg: LabConfig, spark=None) -> Callable[[str], object]:

@@ -21,6 +21,8 @@ to AWS:
   ``s3:HeadBucket``, ``s3:CreateBucket``, ``s3:ListBucket``), and ``DeleteObjects`` key by key (moto checked the
   bucket's ARN, so a policy scoped to a prefix could delete nothing; here a batch with any refused key is refused
   as a whole, where AWS deletes the others);
+- a trust policy's ``StringEquals`` on ``sts:ExternalId`` refuses an AssumeRole that sends no external id (moto
+  allowed it);
 - a statement that applies only to requests without TLS (``"Bool": {"aws:SecureTransport": "false"}``, as in the
   lab's bucket policy) never applies: moto ignores that condition and denied every object request, while the
   stack stands for AWS's HTTPS endpoints (its own HTTP runs on loopback only). moto cannot check that policy.
@@ -208,6 +210,22 @@ def service_principal_stand_ins() -> None:
     IAMPolicyStatement._check_principal = check_principal
 
 
+def external_id_required() -> None:
+    """A trust condition ``StringEquals`` on ``sts:ExternalId`` is false when the request sends no external id,
+    as on AWS (moto compares only the values that are sent, so AssumeRole without ExternalId was allowed)."""
+    from moto.iam.policy_conditions import TrustCondition
+
+    verify = TrustCondition.verify_condition
+
+    def verify_condition(self, actual_values: list[str]) -> bool:
+        keys = self.context_keys
+        if self._condition == "StringEquals" and "sts:ExternalId" in keys and len(actual_values) < len(keys):
+            return False
+        return verify(self, actual_values)
+
+    TrustCondition.verify_condition = verify_condition
+
+
 def _only_without_tls(statement: dict) -> bool:
     value = (statement.get("Condition") or {}).get("Bool", {}).get("aws:SecureTransport")
     values = value if isinstance(value, list) else [value]
@@ -301,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     service_principal_stand_ins()
     requests_count_as_tls()
     s3_actions_as_aws_checks_them()
+    external_id_required()
     if os.environ.get("LAB_MOTO_AUTH_LOG"):
         record_checks(os.environ["LAB_MOTO_AUTH_LOG"])
 
