@@ -4,11 +4,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+comma := ,
 NBVAL_ARGS := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 # nbval re-runs the committed notebooks on a private stack and build folder, then compares the checked outputs
 NBVAL_ENV := LAB_BUILD_DIR=$(CURDIR)/build/nbval LAB_STATE_DIR=$(CURDIR)/build/nbval/stack
 
-.PHONY: help install demo test test-under-load lint unit nbval lab up down status doctor notebooks bench clean
+# the course's edition: LAB_LANG=es runs/opens notebooks/es (not LANG: that is the locale every tool reads)
+LAB_LANG ?=
+export LAB_LANG
+
+.PHONY: help install demo test test-under-load lint unit nbval lab up down status doctor notebooks bench clean \
+	translations translations-check book
 
 help:
 	@echo "make demo [DATASET=path.csv] [FAILURE_RATE=0.3]  run the whole series locally, write build/run-summary.json"
@@ -16,6 +22,8 @@ help:
 	@echo "make unit | test-under-load                       no Java needed | make test 3x beside two CPU hogs"
 	@echo "make bench [BENCH_ARGS=\"--quick | --only 1 2 | --fresh-setup\"]  performance figures -> build/bench/results.json"
 	@echo "make lab | up | down | status | doctor | notebooks | clean"
+	@echo "make demo LAB_LANG=es | make lab LAB_LANG=es                 the Spanish edition (notebooks/es)"
+	@echo "make translations | translations-check | book               PO catalogs -> notebooks/es; the static site"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +33,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/kinesis-lab demo $(if $(DATASET),--dataset "$(abspath $(DATASET))") $(if $(FAILURE_RATE),--simulated-failure-rate $(FAILURE_RATE))
+	$(BIN)/kinesis-lab demo $(if $(DATASET),--dataset "$(abspath $(DATASET))") $(if $(FAILURE_RATE),--simulated-failure-rate $(FAILURE_RATE)) $(if $(LAB_LANG),--lang $(LAB_LANG))
 
 # two workers, each module on one of them, the longest modules first (see tests/conftest.py)
 XDIST_ARGS ?= -n 2 --dist loadscope --no-loadscope-reorder
@@ -56,7 +64,7 @@ nbval: install
 
 # JupyterLab on the repository root (the notebooks' ../images/ resolve), 00_setup open; on local it starts the stack
 lab: install
-	$(BIN)/python -m pip install --quiet -e '.[dev,lab]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,lab$(if $(filter es,$(LAB_LANG)),$(comma)lab-es)]'
 	$(BIN)/kinesis-lab lab $(LAB_ARGS)
 
 up: install
@@ -76,6 +84,18 @@ notebooks: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# the Spanish edition: English changes -> new/fuzzy entries in notebooks/locale/es/*.po, notebooks/es regenerated
+translations: install
+	$(BIN)/python -m kinesis_lab.course.translations update
+
+translations-check: install
+	$(BIN)/python -m kinesis_lab.course.translations check
+
+# both editions as a static, searchable site (stored outputs, nothing executed, offline) -> build/book/site
+book: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,book]'
+	$(BIN)/python -m kinesis_lab.course.book
 
 clean: down
 	rm -rf build .lab
