@@ -158,7 +158,8 @@ def render(english, catalog) -> object:
     table = {(e.msgctxt, e.msgid): e.msgstr for e in catalog if e.msgstr and "fuzzy" not in e.flags and not e.obsolete}
     nb = copy.deepcopy(english)
     for cell in nb.cells:
-        translate_cell(cell, lambda text, cid=cell.get("id"): table.get((cid, text), text))
+        cid = cell.get("id")
+        translate_cell(cell, lambda text, cid=cid: table.get((cid, text), text))
     nb.metadata["language"] = "es"
     return nb
 
