@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# the course's edition: LAB_LANG=es runs/opens notebooks/es (not LANG: that is the locale every tool reads)
+LAB_LANG ?=
+export LAB_LANG
 
-.PHONY: help install lock test-latest demo test test-under-load lint unit nbval lab up down status doctor notebooks bench clean
+.PHONY: help install lock test-latest demo test test-under-load lint unit nbval lab up down status doctor notebooks \
+	bench clean translations translations-check book
 
 help:
 	@echo "make demo [DATASET=path.csv] [FAILURE_RATE=0.3]  run the whole series locally, write build/run-summary.json"
@@ -14,6 +18,8 @@ help:
 	@echo "make bench [BENCH_ARGS=\"--quick | --only 1 2 | --fresh-setup\"]  performance figures -> build/bench/results.json"
 	@echo "make lock | test-latest                           refresh requirements/lock.txt | the suite on the newest versions"
 	@echo "make lab | up | down | status | doctor | notebooks | clean"
+	@echo "make demo LAB_LANG=es | make lab LAB_LANG=es                 the Spanish edition (notebooks/es)"
+	@echo "make translations | translations-check | book               PO catalogs -> notebooks/es; the static site"
 
 # One locked, hashed set of versions (requirements/lock.txt, every extra, every platform); `make lock` refreshes it.
 # uv installs it (fast); INSTALLER=pip does the same with pip alone.
@@ -53,7 +59,7 @@ test-latest: install
 	$(MAKE) test VENV=$(LATEST_VENV)
 
 demo: install
-	$(BIN)/kinesis-lab demo $(if $(DATASET),--dataset "$(abspath $(DATASET))") $(if $(FAILURE_RATE),--simulated-failure-rate $(FAILURE_RATE))
+	$(BIN)/kinesis-lab demo $(if $(DATASET),--dataset "$(abspath $(DATASET))") $(if $(FAILURE_RATE),--simulated-failure-rate $(FAILURE_RATE)) $(if $(LAB_LANG),--lang $(LAB_LANG))
 
 # two workers, each module on one of them, the longest modules first (see tests/conftest.py)
 XDIST_ARGS ?= -n 2 --dist loadscope --no-loadscope-reorder
@@ -101,6 +107,17 @@ notebooks: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# the Spanish edition: English changes -> new/fuzzy entries in notebooks/locale/es/*.po, notebooks/es regenerated
+translations: install
+	$(BIN)/python -m kinesis_lab.course.translations update
+
+translations-check: install
+	$(BIN)/python -m kinesis_lab.course.translations check
+
+# both editions as a static, searchable site (stored outputs, nothing executed, offline) -> build/book/site
+book: install
+	$(BIN)/python -m kinesis_lab.course.book
 
 clean: down
 	rm -rf build .lab

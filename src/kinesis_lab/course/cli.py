@@ -56,11 +56,16 @@ def cmd_up(args) -> int:
 LAB_NOTEBOOK = Path("notebooks") / "00_setup.ipynb"  # what `make lab` opens
 
 
+def lab_notebook(lang: str | None = None) -> Path:
+    """`make lab LAB_LANG=es` opens the Spanish edition's first notebook."""
+    return LAB_NOTEBOOK if lang in (None, "", "en") else LAB_NOTEBOOK.parent / lang / LAB_NOTEBOOK.name
+
+
 def running_as_root() -> bool:
     return getattr(os, "geteuid", lambda: -1)() == 0  # no geteuid on Windows
 
 
-def jupyter_lab_command(home: Path, extra: Sequence[str] = ()) -> list[str]:
+def jupyter_lab_command(home: Path, extra: Sequence[str] = (), lang: str | None = None) -> list[str]:
     """The JupyterLab command of `make lab` / `kinesis-lab lab`. It serves the repository root, so the notebooks'
     ``../images/...`` resolve (served from notebooks/ they fall outside the server: 403), and opens 00_setup:
     in the browser it starts, and as the URL it prints (``default_url``; else the URL opens the Launcher)."""
@@ -68,7 +73,20 @@ def jupyter_lab_command(home: Path, extra: Sequence[str] = ()) -> list[str]:
            f"--LabApp.default_url=/lab/tree/{LAB_NOTEBOOK.as_posix()}"]
     if running_as_root():
         cmd.append("--allow-root")  # containers, WSL, cloud VMs: JupyterLab refuses root without it
-    return [*cmd, *extra, str(Path(home).resolve() / LAB_NOTEBOOK)]
+    return [*cmd, *extra, str(Path(home).resolve() / lab_notebook(lang))]
+
+
+JUPYTERLAB_LOCALES = {"es": "es_ES"}  # LAB_LANG -> the language pack's locale (jupyterlab-language-pack-es-ES)
+
+
+def lab_settings_dir(state_dir: Path, lang: str) -> Path:
+    """A JupyterLab settings folder whose only setting is the interface language: `make lab LAB_LANG=es` points
+    JUPYTERLAB_SETTINGS_DIR there, so the learner's own settings folder is left as it is."""
+    folder = Path(state_dir) / f"jupyterlab-settings-{lang}"
+    plugin = folder / "@jupyterlab" / "translation-extension" / "plugin.jupyterlab-settings"
+    plugin.parent.mkdir(parents=True, exist_ok=True)
+    plugin.write_text(json.dumps({"locale": JUPYTERLAB_LOCALES[lang]}, indent=2) + "\n", encoding="utf-8")
+    return folder
 
 
 def cmd_lab(args, extra: Sequence[str] = ()) -> int:
@@ -92,7 +110,10 @@ def cmd_lab(args, extra: Sequence[str] = ()) -> int:
         _start_stack(cfg)
         env.update({k: v for k, v in dotenv_values(stack.env_file(cfg.state_dir)).items() if v is not None})
         print("the stack keeps running after JupyterLab stops: `kinesis-lab down` (make down) stops it")
-    cmd = jupyter_lab_command(cfg.home, [a for a in extra if a != "--"])
+    lang = os.environ.get("LAB_LANG") or None
+    if lang in JUPYTERLAB_LOCALES:
+        env["JUPYTERLAB_SETTINGS_DIR"] = str(lab_settings_dir(cfg.state_dir, lang))
+    cmd = jupyter_lab_command(cfg.home, [a for a in extra if a != "--"], lang=lang)
     print("$ " + subprocess.list2cmdline(cmd), flush=True)
     if os.name == "posix":
         os.execve(cmd[0], cmd, env)  # JupyterLab takes over this process (and its Ctrl-C)
@@ -249,8 +270,12 @@ def cmd_pipeline(args) -> int:
 def cmd_demo(args) -> int:
     from kinesis_lab.course import demo
 
-    return demo.run_demo(dataset=args.dataset, simulated_failure_rate=args.simulated_failure_rate,
-                         notebooks=args.notebooks, keep_stack=args.keep_stack, in_place=args.in_place)
+    try:
+        return demo.run_demo(dataset=args.dataset, simulated_failure_rate=args.simulated_failure_rate,
+                             notebooks=args.notebooks, keep_stack=args.keep_stack, in_place=args.in_place,
+                             lang=args.lang)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def run_reconcile(
@@ -363,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--simulated-failure-rate", type=float, default=0.0)
     sp.add_argument("--notebooks", nargs="*", help="only these notebook names (default: all, in order)")
     sp.add_argument("--keep-stack", action="store_true", help="leave the local stack running afterwards")
+    sp.add_argument("--lang", choices=["en", "es"], default=os.environ.get("LAB_LANG") or None,
+                    help="the course's edition: en (notebooks/) or es (notebooks/es/); default LAB_LANG, else en")
     sp.add_argument("--in-place", action="store_true",
                     help="write outputs into notebooks/ (to refresh the committed outputs) instead of build/notebooks/")
     sp = add("reconcile", cmd_reconcile, "every CSV line's fate at each hop; exit 1 if one is missing or twice in silver")
