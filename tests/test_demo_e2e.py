@@ -1,7 +1,10 @@
 """`kinesis-lab demo` end to end: every notebook, in order, with papermill, on a private local stack.
 
 One run: a real-like file (every row valid, WORLD and REGION aggregate rows, the shape of the real
-Kaggle file) with 30 % injected throttling, through all eleven notebooks, 99_teardown included.
+Kaggle file) with 30 % injected throttling, through all eleven notebooks of the **Spanish edition**
+(`make demo LAB_LANG=es`, notebooks/es), 99_teardown included. The Spanish notebooks hold the English code
+cells and stored outputs (tests/test_translations.py), so one series proves both editions run, and the
+English one's checked outputs are compared in tests/test_nbval.py.
 
 The shipped sample's series runs once per `make test`, in `make nbval`: there every notebook's own
 checks hold (04 sends 539 rows + 1 malformed line; 05 finds every record in S3 once; 07 bronze = S3;
@@ -36,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, private_stacks, pipeline_builds):
-    """`kinesis-lab demo --dataset real_like.csv --simulated-failure-rate 0.3` (the CLI's run_demo, in
+    """`kinesis-lab demo --lang es --dataset real_like.csv --simulated-failure-rate 0.3` (the CLI's run_demo, in
     this process; the notebooks run in their own kernels). 99_teardown deletes the pipeline's tables,
     so what the tests below read of them is taken just before it runs."""
     base = tmp_path_factory.mktemp("demo")
@@ -61,7 +64,7 @@ def demo_run(tmp_path_factory, private_stacks, pipeline_builds):
         mp.setattr(papermill, "execute_notebook", execute_notebook)
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            code = demo.run_demo(dataset=str(csv_path), simulated_failure_rate=0.3)
+            code = demo.run_demo(dataset=str(csv_path), simulated_failure_rate=0.3, lang="es")
     printed = out.getvalue()
     print(printed)
     assert code == 0, printed[-4000:]
@@ -73,11 +76,12 @@ def demo_run(tmp_path_factory, private_stacks, pipeline_builds):
 def test_the_demo_runs_every_notebook_and_leaves_nothing_running(demo_run):
     build, s = demo_run["build"], demo_run["summary"]
     assert "every hop reconciles" in demo_run["printed"]
-    expected = sorted(p.name for p in demo.series(REPO / "notebooks"))
+    expected = sorted(p.name for p in demo.series(REPO / "notebooks" / "es"))
     assert len(expected) == 11
     assert sorted(s["notebook_seconds"]) == expected  # 99_teardown included: it closed the run summary
     assert s["total_seconds"] == pytest.approx(sum(s["notebook_seconds"].values()), abs=0.5)
     assert sorted(p.name for p in (build / "notebooks").iterdir()) == expected
+    assert "Qué vas a aprender" in (build / "notebooks" / "00_setup.ipynb").read_text(encoding="utf-8")  # the es edition
     assert summary_path(build).is_file()
     # nothing left running: the demo's private stack is down, its Spark server stopped
     assert not (build / "demo-stack" / "stack.json").exists()
