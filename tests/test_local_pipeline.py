@@ -25,6 +25,7 @@ from waiting import DEADLINE, wait_until
 
 from kinesis_lab.cloud.prefixes import static_folder
 from kinesis_lab.local import pipeline as lp
+from kinesis_lab.local import procs, stack
 from kinesis_lab.local.pipeline import runner as lp_runner
 from kinesis_lab.local.pipeline import server as lp_server
 from kinesis_lab.local.pipeline.warmup import WARM_UP_ENV
@@ -635,6 +636,69 @@ def test_a_server_that_does_not_answer_is_detected(tmp_path):
         assert lp_server._answers("127.0.0.1", port, timeout=5.0) is True
     finally:
         server.stop(None)
+
+
+LISTENER = "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); time.sleep(600)"
+
+
+def test_listens_on_tells_which_process_holds_a_listening_port(tmp_path):
+    with socket.socket() as mine:
+        mine.bind(("127.0.0.1", 0))
+        mine.listen()
+        port = mine.getsockname()[1]
+        assert procs.listens_on(os.getpid(), port) is True
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        try:
+            assert procs.listens_on(child.pid, port) is False  # alive, but the port is ours
+            started = time.monotonic()
+            child.kill()
+            assert lp_server.owns_its_port(child.pid, port, timeout=DEADLINE) is False  # died: no wait
+            assert time.monotonic() - started < DEADLINE
+        finally:
+            stop_processes([child])
+    assert procs.listens_on(os.getpid(), port) is False  # closed
+
+
+def test_a_start_whose_port_was_taken_is_retried_on_a_new_port(tmp_path, monkeypatch, capsys):
+    """The port ``stack.free_port()`` picked can be taken before the JVM binds it: the JVM dies
+    (BindException) while pyspark, seeing something listen there, says started. The start is checked
+    by who owns the port, and retried on a new one."""
+    lakehouse = lp.lakehouse_dir(tmp_path).resolve()
+    discovery = lp.discovery_path(tmp_path)
+    discovery.parent.mkdir(parents=True)
+    thief = socket.socket()
+    thief.bind(("127.0.0.1", 0))
+    thief.listen()
+    taken = thief.getsockname()[1]
+    ports = iter([taken])
+    monkeypatch.setattr(stack, "free_port", lambda: next(ports, None) or socket_port())
+    servers: list[subprocess.Popen] = []
+
+    def start(master, opts):  # what pyspark's start does: launch the server, record it, return its url
+        port = int(opts["spark.local.connect.server.port"])
+        argv = [sys.executable, "-c", LISTENER, str(port), f"-D{lp.SERVER_MARKER}={lakehouse}", lp.SERVER_CLASS]
+        servers.append(subprocess.Popen(argv, stderr=subprocess.DEVNULL))
+        discovery.write_text(json.dumps({"host": "127.0.0.1", "port": port, "token": "t", "pid": servers[-1].pid}))
+        return f"sc://127.0.0.1:{port}"
+
+    monkeypatch.setattr("pyspark.sql.connect.local_server.reuse_or_start_local_connect_server", start)
+    try:
+        url = lp_server._reuse_or_start({}, lakehouse, discovery)
+        assert len(servers) == 2 and servers[0].wait(timeout=DEADLINE) != 0  # the first could not bind
+        port = int(url.rsplit(":", 1)[1])
+        assert port != taken and procs.listens_on(servers[1].pid, port)
+        state = json.loads((discovery.parent / lp_server.SERVER_STATE).read_text())
+        assert state["pid"] == servers[1].pid
+        assert f"did not bind port {taken} (another process holds it); attempt 1 of 3" in capsys.readouterr().out
+    finally:
+        thief.close()
+        stop_processes(servers)
+
+
+def socket_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_a_killed_run_s_half_written_checkpoint_files_are_dropped(tmp_path):

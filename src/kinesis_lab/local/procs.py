@@ -200,6 +200,33 @@ def stop(targets: Iterable[tuple[int, Signature, str | None]], grace: float = 5.
     return [t[0] for t in signalled if t not in pending]
 
 
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes in LISTEN state on ``port`` (IPv4 and IPv6), from /proc/net/tcp{,6}."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in (PROC / "net" / table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def listens_on(pid: int, port: int) -> bool | None:
+    """Does ``pid`` hold a listening socket on ``port``? None where the platform cannot tell (no /proc)."""
+    if not _has_proc():
+        return None
+    wanted = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    if not wanted:
+        return False
+    with contextlib.suppress(OSError):
+        for fd in (PROC / str(pid) / "fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in wanted:
+                    return True
+    return False
+
+
 @contextlib.contextmanager
 def file_lock(path: Path, timeout: float, busy_message: str):
     """An exclusive lock on ``path`` (created if missing), waited for up to ``timeout`` s; TimeoutError

@@ -44,6 +44,8 @@ RUN_MARK = "run-state"  # next to the discovery file: "running <pid of run_pipel
 # next to the discovery file: held while a server is checked and started (a run's, or the warm-up's),
 # so a second start waits for the one in progress instead of replacing a server still starting
 START_LOCK = "start.lock"
+SERVER_START_ATTEMPTS = 3  # a free port can be taken by another process before the JVM binds it
+SERVER_BIND_TIMEOUT = 60.0  # seconds for a started server to own its listening port
 SERVER_START_TIMEOUT = 300.0  # seconds: pyspark's start waits up to 120 s for the script + 120 s for the port
 
 
@@ -257,6 +259,22 @@ def _answers(host: str, port: int, timeout: float) -> bool:
         channel.close()
 
 
+def owns_its_port(pid: object, port: object, timeout: float = SERVER_BIND_TIMEOUT) -> bool:
+    """Does the just-started server ``pid`` listen on ``port`` (waited for up to ``timeout`` s)? False
+    once it has died (e.g. BindException: another process took the port first). True where the
+    platform cannot tell (no /proc)."""
+    if not isinstance(pid, int) or not isinstance(port, int):
+        return False
+    deadline = time.monotonic() + timeout
+    while True:
+        owns = procs.listens_on(pid, port)
+        if owns is None or owns:
+            return True
+        if not procs.alive(pid) or time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
 def connect_to_build_server(static_conf: Mapping[str, str], lakehouse: Path):
     """(In the run subprocess) a new session in the build folder's server, started if need be:
     replaced if it runs with other settings (static settings apply only when a server starts), does
@@ -310,12 +328,29 @@ def _reuse_or_start(static_conf: Mapping[str, str], lakehouse: Path, discovery: 
     previous = recorded.get("pid") if live and not problem else None
 
     started = time.monotonic()
-    # takes pyspark's lock itself; its waits are bounded (120 s for the script, 120 s for the port)
-    url = reuse_or_start_local_connect_server(
-        "local[*]", {**seed, "spark.local.connect.server.port": str(stack.free_port())}
-    )
-    pid = read_json(discovery).get("pid")
-    reused = previous is not None and pid == previous  # pyspark may still have found it unusable
+    for attempt in range(1, SERVER_START_ATTEMPTS + 1):
+        # takes pyspark's lock itself; its waits are bounded (120 s for the script, 120 s for the port)
+        url = reuse_or_start_local_connect_server(
+            "local[*]", {**seed, "spark.local.connect.server.port": str(stack.free_port())}
+        )
+        recorded = read_json(discovery)
+        pid = recorded.get("pid")
+        reused = previous is not None and pid == previous  # pyspark may still have found it unusable
+        if reused or owns_its_port(pid, recorded.get("port")):
+            break
+        # the free port was taken before the JVM bound it: pyspark saw "something listens" and returned
+        print(
+            f"Spark Connect server: pid {pid} did not bind port {recorded.get('port')} (another process "
+            f"holds it); attempt {attempt} of {SERVER_START_ATTEMPTS}, trying a new port",
+            flush=True,
+        )
+        _stop_pids(lakehouse, [pid] if isinstance(pid, int) else [], timeout=5.0)
+        _forget_server(discovery)
+    else:
+        raise PipelineError(
+            f"the Spark Connect server did not bind its port in {SERVER_START_ATTEMPTS} attempts: "
+            f"see its logs in {discovery.parent / 'logs'}"
+        )
     if not reused:
         if pid not in _server_pids(lakehouse):
             raise PipelineError(f"the Spark Connect server (pid {pid}) was started without its marker")
