@@ -16,6 +16,7 @@ from pathlib import Path
 
 from common import BENCH, REPO, RESULTS_MD, clean_env, load, say
 
+TARGET_SECONDS = 90.0  # clean clone, warm cache: `make demo` done (issue 20)
 FRESH_MARK = re.compile(r"<!-- fresh-setup: (\{.*\}) -->")
 
 
@@ -75,5 +76,6 @@ def bench_fresh_setup(ctx: dict) -> dict:
             "exit_code": done.returncode, "commit": head, "notebooks": list(summary.get("notebook_seconds", {}))}
     return {"figure": "fresh clone + new .venv + `make demo`",
             "measured": f"{wall:.0f} s (install {install:.0f} s), exit code {done.returncode}, pyspark wheel {wheel}",
-            "target": "report",
-            "passed": None if done.returncode == 0 else False, "figures": {"last": last, "uncommitted": bool(dirty)}}
+            "target": f"<= {TARGET_SECONDS:.0f} s with a warm cache (issue 20)",
+            "passed": done.returncode == 0 and wall <= TARGET_SECONDS,
+            "figures": {"last": last, "uncommitted": bool(dirty)}}
