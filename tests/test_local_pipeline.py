@@ -670,8 +670,8 @@ def test_a_start_whose_port_was_taken_is_retried_on_a_new_port(tmp_path, monkeyp
     thief.bind(("127.0.0.1", 0))
     thief.listen()
     taken = thief.getsockname()[1]
-    ports = iter([taken])
-    monkeypatch.setattr(stack, "free_port", lambda: next(ports, None) or socket_port())
+    ports, free_port = iter([taken]), stack.free_port
+    monkeypatch.setattr(stack, "free_port", lambda: next(ports, None) or free_port())
     servers: list[subprocess.Popen] = []
 
     def start(master, opts):  # what pyspark's start does: launch the server, record it, return its url
@@ -693,12 +693,6 @@ def test_a_start_whose_port_was_taken_is_retried_on_a_new_port(tmp_path, monkeyp
     finally:
         thief.close()
         stop_processes(servers)
-
-
-def socket_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_killed_run_s_half_written_checkpoint_files_are_dropped(tmp_path):
