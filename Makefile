@@ -61,12 +61,17 @@ test-latest: install
 demo: install
 	$(BIN)/kinesis-lab demo $(if $(DATASET),--dataset "$(abspath $(DATASET))") $(if $(FAILURE_RATE),--simulated-failure-rate $(FAILURE_RATE)) $(if $(LAB_LANG),--lang $(LAB_LANG))
 
-# two workers, each module on one of them, the longest modules first (see tests/conftest.py)
-XDIST_ARGS ?= -n 2 --dist loadscope --no-loadscope-reorder
+# two workers, each module on one of them (the in-process Spark ones together), the longest first (tests/conftest.py)
+XDIST_ARGS ?= -n 2 --dist loadgroup --no-loadscope-reorder
 
 # the committed notebooks' nbval run is one of the suite's tests (tests/test_nbval.py), on a worker of its own
+# every Spark JVM of the suite maps one class archive (src/kinesis_lab/local/pipeline/class_archive.py): made once
+# for this JDK and these jars (~25 s), it saves each JVM start several seconds of CPU; CLASS_ARCHIVE= turns it off
+CLASS_ARCHIVE ?= build/spark-class-archive
+ARCHIVE_ENV = KINESIS_LAB_SPARK_CLASS_ARCHIVE=$(if $(CLASS_ARCHIVE),$$($(BIN)/python -m kinesis_lab.local.pipeline.spark_cli class-archive $(CLASS_ARCHIVE)))
+
 test: install lint
-	$(BIN)/python -m pytest tests $(XDIST_ARGS) $(PYTEST_ARGS)
+	$(ARCHIVE_ENV) $(BIN)/python -m pytest tests $(XDIST_ARGS) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -84,7 +89,7 @@ test-under-load: install
 	done
 
 nbval: install
-	$(BIN)/python -m pytest tests/test_nbval.py $(PYTEST_ARGS)
+	$(ARCHIVE_ENV) $(BIN)/python -m pytest tests/test_nbval.py $(PYTEST_ARGS)
 
 # JupyterLab on the repository root (the notebooks' ../images/ resolve), 00_setup open; on local it starts the stack
 lab: install

@@ -22,6 +22,7 @@ import pytest
 from kinesis_lab.local import pipeline as local_pipeline
 from kinesis_lab.local import stack
 from kinesis_lab.local.pipeline import runner as pipeline_runner
+from kinesis_lab.local.pipeline.class_archive import archive_java_options
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"
@@ -41,24 +42,36 @@ FIXTURE_MARKERS = {
 MARKER_COST = {"notebooks": 100.0, "slow": 15.0, "spark": 1.5, "stack": 1.0}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the xdist_group marks added here
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for fixture in item.fixturenames:  # the closure: fixtures used through other fixtures count
             for marker in FIXTURE_MARKERS.get(fixture, ()):
                 if item.get_closest_marker(marker) is None:
                     item.add_marker(marker)
-    # The longest modules first (the order within a module is kept): with `-n 2 --dist loadscope
-    # --no-loadscope-reorder` (make test) the workers take modules in this order, so the long ones do
-    # not end up last on one worker while the other idles. Tests never depend on the order.
+    # Each module is one unit of work for a worker (`-n 2 --dist loadgroup`, make test), except that the
+    # modules using the in-process SparkSession are one unit together: one JVM for them, not one per worker
+    # (its start costs ~20 s of CPU). The longest units first, the order within a unit kept
+    # (`--no-loadscope-reorder`): the long ones do not end up last on one worker while the other idles.
+    # Tests never depend on the order.
+    in_process = {item.nodeid.split("::")[0] for item in items if "spark_session" in item.fixturenames}
+    group = {}
     cost: dict[str, float] = {}
     for item in items:
         module = item.nodeid.split("::")[0]
+        group[item.nodeid] = "in-process-spark" if module in in_process else module
+        item.add_marker(pytest.mark.xdist_group(group[item.nodeid]))
         marks = [m for m in MARKER_COST if item.get_closest_marker(m) is not None]
         cost[module] = cost.get(module, 0.0) + max((MARKER_COST[m] for m in marks), default=0.1)
         if "slow" in marks and not cost.get(module + "#slow"):
             cost[module] += 60.0  # a module with long tests (its first pipeline run starts a Spark server)
             cost[module + "#slow"] = 1.0
-    items.sort(key=lambda item: -cost[item.nodeid.split("::")[0]])
+    unit_cost: dict[str, float] = {}
+    for module, value in cost.items():
+        if "#" not in module:
+            name = "in-process-spark" if module in in_process else module
+            unit_cost[name] = unit_cost.get(name, 0.0) + value
+    items.sort(key=lambda item: (-unit_cost[group[item.nodeid]], group[item.nodeid]))
 
 
 # --- the guard: starting a stack or Spark outside the fixtures would escape `-m` -------------------
@@ -189,6 +202,7 @@ def spark_session():
         .config("spark.sql.ansi.enabled", "true")  # the default in Spark 4: bad casts would raise
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.extraJavaOptions", archive_java_options())  # make test's class archive, if any
         .getOrCreate()
     )
     yield session

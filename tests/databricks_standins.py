@@ -10,8 +10,8 @@
   and location creation, which validates unless ``skip_validation``, is refused with PERMISSION_DENIED. Without
   a ``UCMaster`` every check FAILs: the stand-in never says yes on its own.
 - ``notebook_globals``: what the kernel's IPython startup file puts in the notebook, ``dbutils`` (widgets
-  only) and ``spark``: a local Spark session on the local pipeline's own metastore, so its tables are read
-  as ``spark_catalog.<layer>.<table>`` (open-source Spark has one session catalog, ``spark_catalog``: the
+  only) and ``spark``: a Spark Connect session on the local pipeline's server and metastore, so its tables are
+  read as ``spark_catalog.<layer>.<table>`` (open-source Spark has one session catalog, ``spark_catalog``: the
   tests pass it as the notebooks' ``catalog``); ``dbutils.notebook.exit`` ends the run as Databricks does.
   The SQL that only Unity Catalog knows (CREATE CATALOG, external locations, GRANT READ FILES, LIST) is
   recorded and answered here; everything else runs in Spark.
@@ -405,14 +405,17 @@ class SparkStandIn:
 
 
 def notebook_globals(settings: dict) -> dict:
-    """``spark`` and ``dbutils`` for a notebook run as inside Databricks."""
+    """``spark`` and ``dbutils`` for a notebook run as inside Databricks. ``spark`` is a Spark Connect session
+    (as on serverless compute and standard access mode, where no JVM runs beside the notebook) on the local
+    pipeline's server, which holds the metastore the pipeline wrote; runtime settings only (static ones are
+    the server's)."""
     from pyspark.sql import SparkSession
 
     log = _Log(settings["log"])
-    builder = SparkSession.builder.master("local[1]").appName("databricks-notebook-stand-in")
+    os.environ["SPARK_CONNECT_AUTHENTICATE_TOKEN"] = settings["token"]
+    session = SparkSession.builder.remote(settings["remote"]).getOrCreate()
     for key, value in settings["spark_conf"].items():
-        builder = builder.config(key, value)
-    session = builder.enableHiveSupport().getOrCreate()
+        session.conf.set(key, value)
     return {"spark": SparkStandIn(session, log, settings["s3_mirror"]),
             "dbutils": DbUtils(Widgets(settings["widgets"], log), log)}
 

@@ -41,19 +41,22 @@ TOKEN = "dapi-test-token"
 
 
 @pytest.fixture(scope="module")
-def lakehouse(tmp_path_factory):
+def lakehouse(tmp_path_factory, pipeline_builds):
     """The sample landed as Firehose writes it (two objects, one record delivered twice), and the local
-    pipeline run over it; its Spark server is stopped so a notebook's session can open the metastore."""
-    build = tmp_path_factory.mktemp("databricks-mode") / "build"
+    pipeline run over it; its Spark Connect server keeps running: the notebooks' ``spark`` connects to it."""
+    build = pipeline_builds(tmp_path_factory.mktemp("databricks-mode") / "build")
     mirror = lp.external_location_dir(build)
     records = [r.data for r in iter_records(SAMPLE_PATH)]
     day = mirror / DAY
     day.mkdir(parents=True)
     (day / "salud-firehose-tos3-1-2026-11-26-10-00-00-aaaa").write_bytes(b"".join(records[:300]))
     (day / "salud-firehose-tos3-1-2026-11-26-10-01-00-bbbb").write_bytes(b"".join(records[300:] + records[:1]))
-    lp.run_pipeline(PIPELINE_DIR, source_path=mirror / "bronze", build_dir=build, reuse_server=False, echo=None)
-    assert not lp.server_pids(build)
-    return {"build": build, "mirror": mirror, "records": len(records)}
+    run = lp.run_pipeline(PIPELINE_DIR, source_path=mirror / "bronze", build_dir=build, echo=None)
+    assert run.server == "started" and lp.server_pids(build) == [run.server_pid]
+    discovery = json.loads(lp.discovery_path(build).read_text())
+    yield {"build": build, "mirror": mirror, "records": len(records),
+           "remote": f"sc://{discovery['host']}:{discovery['port']}", "token": discovery["token"]}
+    lp.stop_pipeline_server(build)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,6 @@ def databricks_notebook(lakehouse, workspace, tmp_path, monkeypatch):
     """run(name, **widgets): executes notebooks/<name> as inside Databricks; returns the executed notebook
     and what the stand-ins logged (widgets defined, SQL statements)."""
     write_ipython_startup(tmp_path / "ipython")
-    _, static_conf = lp.spark_settings(source_path=lakehouse["mirror"], build_dir=lakehouse["build"])
     for name in [k for k in os.environ if k.startswith(("AWS_", "LAB_", "DATABRICKS_"))]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
@@ -82,7 +84,7 @@ def databricks_notebook(lakehouse, workspace, tmp_path, monkeypatch):
         log = tmp_path / f"{name}.log.jsonl"
         monkeypatch.setenv(SETTINGS_VAR, json.dumps({
             "widgets": widgets, "log": str(log), "s3_mirror": {f"s3://{BUCKET}/": str(lakehouse["mirror"])},
-            "spark_conf": {**static_conf, "spark.sql.session.timeZone": "UTC"},
+            "remote": lakehouse["remote"], "token": lakehouse["token"], "spark_conf": {"spark.sql.session.timeZone": "UTC"},
         }))
         output = tmp_path / f"{name}.ipynb"
         papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(output), cwd=str(NOTEBOOKS),

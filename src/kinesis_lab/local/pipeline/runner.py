@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kinesis_lab.cloud.config import LAYER_SCHEMAS, unwritable, writable_folder
 from kinesis_lab.local import procs
+from kinesis_lab.local.pipeline.class_archive import archive_java_options
 from kinesis_lab.local.pipeline.mirror import BUILT_FROM, mirror_source, same_source
 from kinesis_lab.local.pipeline.paths import PipelineError, lakehouse_dir, read_json, server_dir
 from kinesis_lab.local.pipeline.server import (
@@ -100,7 +101,10 @@ def spark_settings(
         ),
         # derby.log in the lakehouse; C1 only (no C2 JIT): Spark starts ~10 s faster on 2 cores and
         # the runs (small data) are no slower; the serial collector: no GC threads competing for 2 cores
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={lakehouse} {JAVA_OPTIONS}",
+        # (+ the opt-in class archive: class_archive)
+        "spark.driver.extraJavaOptions": " ".join(
+            filter(None, [f"-Dderby.system.home={lakehouse}", JAVA_OPTIONS, archive_java_options()])
+        ),
         "spark.ui.enabled": "false",
         # the driver's RPC and block manager ports: loopback only (else Spark binds the host's network
         # address, reachable from the network, without authentication)
