@@ -60,7 +60,7 @@ def archive_key() -> str:
     jars = Path(pyspark.__file__).parent / "jars"
     parts = {
         "java": [str(java), *(list(_size_and_time(java)) if java.is_file() else [])],
-        "jars": sorted((p.name, p.stat().st_size) for p in jars.glob("*.jar")),
+        "jars": [str(jars), *sorted((p.name, p.stat().st_size) for p in jars.glob("*.jar"))],  # the JVM checks paths
         "python": sys.version,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
