@@ -64,12 +64,12 @@ demo: install
 # two workers, each module on one of them (the in-process Spark ones together), the longest first (tests/conftest.py)
 XDIST_ARGS ?= -n 2 --dist loadgroup --no-loadscope-reorder
 
-# the committed notebooks' nbval run is one of the suite's tests (tests/test_nbval.py), on a worker of its own
 # every Spark JVM of the suite maps one class archive (src/kinesis_lab/local/pipeline/class_archive.py): made once
 # for this JDK and these jars (~25 s), it saves each JVM start several seconds of CPU; CLASS_ARCHIVE= turns it off
 CLASS_ARCHIVE ?= build/spark-class-archive
 ARCHIVE_ENV = KINESIS_LAB_SPARK_CLASS_ARCHIVE=$(if $(CLASS_ARCHIVE),$$($(BIN)/python -m kinesis_lab.local.pipeline.spark_cli class-archive $(CLASS_ARCHIVE)))
 
+# the committed notebooks' nbval run is one of the suite's tests (tests/test_nbval.py), on a worker of its own
 test: install lint
 	$(ARCHIVE_ENV) $(BIN)/python -m pytest tests $(XDIST_ARGS) $(PYTEST_ARGS)
 

@@ -3,30 +3,21 @@ settings vs Spark's defaults for them (wall time and the Spark server's CPU)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 from pathlib import Path
 
-from common import BENCH, REPO, load, say
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (/proc/<pid>/stat fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from common import BENCH, load, say, two_pipeline_runs
 
 
 def bench_pipeline_overhead(ctx: dict) -> dict:
     from kinesis_lab.cloud.dataset import SAMPLE_PATH
     from kinesis_lab.cloud.records import iter_records
-    from kinesis_lab.local.pipeline import run_pipeline, server_pids, stop_pipeline_server
     from kinesis_lab.local.pipeline.paths import lakehouse_dir
     from kinesis_lab.local.pipeline.runner import JAVA_OPTIONS
 
     lines = [r.data.decode().rstrip("\n") for r in iter_records(SAMPLE_PATH)]
     first, later = lines[:-40], lines[-40:]
-    pipeline_dir = REPO / "databricks" / "pipeline"
 
     def defaults(build: Path) -> dict:
         """What the lab sets on top of Spark's defaults, put back (C1-only JIT kept: it is issue 7's)."""
@@ -38,23 +29,8 @@ def bench_pipeline_overhead(ctx: dict) -> dict:
     def one(label: str, n: int) -> dict:
         build = BENCH / f"pipeline-{label}-{n}"
         shutil.rmtree(build, ignore_errors=True)
-        source = build / "source"
-        day = source / "ingestion_date=2026" / "11" / "29"
-        day.mkdir(parents=True)
-        (day / "bench-1").write_text("\n".join(first) + "\n")
         extra = defaults(build) if label == "defaults" else None
-        out = {}
-        try:
-            for run in ("first", "second"):
-                if run == "second":
-                    (day / "bench-2").write_text("\n".join(later) + "\n")
-                before = sum(cpu_seconds(pid) for pid in server_pids(build))
-                result = run_pipeline(pipeline_dir, source_path=source, build_dir=build, extra_conf=extra, echo=None)
-                cpu = sum(cpu_seconds(pid) for pid in server_pids(build)) - before
-                assert set(result.flows.values()) == {"COMPLETED"}, result.flows
-                out[run] = {"wall": round(result.duration_s, 1), "cpu": round(cpu, 1)}
-        finally:
-            stop_pipeline_server(build)
+        out = two_pipeline_runs(build, ("\n".join(first) + "\n").encode(), ("\n".join(later) + "\n").encode(), extra)
         say(f"    {label:9} round {n + 1}: first run {out['first']['wall']:5.1f} s wall, {out['first']['cpu']:5.1f} s "
             f"CPU (server start included); second run {out['second']['wall']:5.1f} s wall, "
             f"{out['second']['cpu']:5.1f} s CPU  ({load()})")

@@ -8,14 +8,12 @@ import shutil
 import statistics
 import time
 
-from bench_8_pipeline_overhead import cpu_seconds
-from common import BENCH, REPO, load, say
+from common import BENCH, load, say, two_pipeline_runs
 
 
 def bench_class_archive(ctx: dict) -> dict:
     from kinesis_lab.cloud.dataset import SAMPLE_PATH
     from kinesis_lab.cloud.records import iter_records
-    from kinesis_lab.local.pipeline import run_pipeline, server_pids, stop_pipeline_server
     from kinesis_lab.local.pipeline.class_archive import ARCHIVE_ENV, make_class_archive
 
     folder = BENCH / "class-archive"
@@ -29,25 +27,12 @@ def bench_class_archive(ctx: dict) -> dict:
     def one(label: str, n: int) -> dict:
         build = BENCH / f"class-archive-{label}-{n}"
         shutil.rmtree(build, ignore_errors=True)
-        day = build / "source" / "ingestion_date=2026" / "12" / "07"
-        day.mkdir(parents=True)
-        (day / "bench-1").write_bytes(b"".join(lines[:-40]))
         saved = os.environ.pop(ARCHIVE_ENV, None)
         if label == "archive":
             os.environ[ARCHIVE_ENV] = str(archive)
-        out = {}
         try:
-            for run in ("first", "second"):
-                if run == "second":
-                    (day / "bench-2").write_bytes(b"".join(lines[-40:]))
-                before = sum(cpu_seconds(pid) for pid in server_pids(build))
-                result = run_pipeline(REPO / "databricks" / "pipeline", source_path=build / "source", build_dir=build,
-                                      echo=None)
-                cpu = sum(cpu_seconds(pid) for pid in server_pids(build)) - before
-                assert set(result.flows.values()) == {"COMPLETED"}, result.flows
-                out[run] = {"wall": round(result.duration_s, 1), "cpu": round(cpu, 1)}
+            out = two_pipeline_runs(build, b"".join(lines[:-40]), b"".join(lines[-40:]))
         finally:
-            stop_pipeline_server(build)
             os.environ.pop(ARCHIVE_ENV, None)
             if saved is not None:
                 os.environ[ARCHIVE_ENV] = saved

@@ -1,5 +1,6 @@
 """What the benchmarks share: paths, the machine's description and load, a clean environment for a
-subprocess, a fresh ON_DEMAND stream and its read-back, and the synthetic CSV files (made once per size)."""
+subprocess, a fresh ON_DEMAND stream and its read-back, the synthetic CSV files (made once per size), and a
+first and a second pipeline run with their Spark server's CPU."""
 
 from __future__ import annotations
 
@@ -123,3 +124,33 @@ def repeated_dataset(rows: int) -> Path:
             left -= len(chunk)
     tmp.replace(path)
     return path
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def two_pipeline_runs(build: Path, first: bytes, later: bytes, extra_conf: dict | None = None) -> dict:
+    """A fresh build folder's first pipeline run on ``first`` (its server's start included), then a second one
+    after ``later`` landed too: {"first"|"second": {"wall": s, "cpu": the server's CPU s}}; the server stopped."""
+    from kinesis_lab.local.pipeline import run_pipeline, server_pids, stop_pipeline_server
+
+    day = build / "source" / "ingestion_date=2026" / "11" / "29"
+    day.mkdir(parents=True)
+    (day / "bench-1").write_bytes(first)
+    out = {}
+    try:
+        for run in ("first", "second"):
+            if run == "second":
+                (day / "bench-2").write_bytes(later)
+            before = sum(cpu_seconds(pid) for pid in server_pids(build))
+            result = run_pipeline(REPO / "databricks" / "pipeline", source_path=build / "source", build_dir=build,
+                                  extra_conf=extra_conf, echo=None)
+            cpu = sum(cpu_seconds(pid) for pid in server_pids(build)) - before
+            assert set(result.flows.values()) == {"COMPLETED"}, result.flows
+            out[run] = {"wall": round(result.duration_s, 1), "cpu": round(cpu, 1)}
+    finally:
+        stop_pipeline_server(build)
+    return out

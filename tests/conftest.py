@@ -55,23 +55,22 @@ def pytest_collection_modifyitems(config, items):
     # (`--no-loadscope-reorder`): the long ones do not end up last on one worker while the other idles.
     # Tests never depend on the order.
     in_process = {item.nodeid.split("::")[0] for item in items if "spark_session" in item.fixturenames}
-    group = {}
-    cost: dict[str, float] = {}
-    for item in items:
+
+    def unit(item) -> str:
         module = item.nodeid.split("::")[0]
-        group[item.nodeid] = "in-process-spark" if module in in_process else module
-        item.add_marker(pytest.mark.xdist_group(group[item.nodeid]))
+        return "in-process-spark" if module in in_process else module
+
+    cost: dict[str, float] = {}
+    slow_modules: set[str] = set()
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(unit(item)))
         marks = [m for m in MARKER_COST if item.get_closest_marker(m) is not None]
-        cost[module] = cost.get(module, 0.0) + max((MARKER_COST[m] for m in marks), default=0.1)
-        if "slow" in marks and not cost.get(module + "#slow"):
-            cost[module] += 60.0  # a module with long tests (its first pipeline run starts a Spark server)
-            cost[module + "#slow"] = 1.0
-    unit_cost: dict[str, float] = {}
-    for module, value in cost.items():
-        if "#" not in module:
-            name = "in-process-spark" if module in in_process else module
-            unit_cost[name] = unit_cost.get(name, 0.0) + value
-    items.sort(key=lambda item: (-unit_cost[group[item.nodeid]], group[item.nodeid]))
+        cost[unit(item)] = cost.get(unit(item), 0.0) + max((MARKER_COST[m] for m in marks), default=0.1)
+        module = item.nodeid.split("::")[0]
+        if "slow" in marks and module not in slow_modules:
+            cost[unit(item)] += 60.0  # a module with long tests (its first pipeline run starts a Spark server)
+            slow_modules.add(module)
+    items.sort(key=lambda item: (-cost[unit(item)], unit(item)))
 
 
 # --- the guard: starting a stack or Spark outside the fixtures would escape `-m` -------------------

@@ -27,7 +27,7 @@ def test_without_the_setting_the_jvms_get_no_archive_option(monkeypatch, tmp_pat
     assert "SharedArchiveFile" not in static["spark.driver.extraJavaOptions"]
 
 
-def test_with_the_setting_every_lab_jvm_maps_the_archive(monkeypatch, tmp_path):
+def test_with_the_setting_every_lab_jvm_gets_the_archive_option(monkeypatch, tmp_path):
     archive = tmp_path / "spark.jsa"
     archive.write_bytes(b"x")
     monkeypatch.setenv(class_archive.ARCHIVE_ENV, str(archive))
