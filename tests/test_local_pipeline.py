@@ -1,7 +1,7 @@
 """The local stand-ins for Databricks: S3 mirror (against the real local stack) and the real pipeline
-run with spark-pipelines (first load, nothing new, one new file, through one long-lived Spark Connect
-server; then that server killed and replaced, and a full refresh), plus the server's bookkeeping
-(stop, watchdog, in-process runs stopping it first) on stand-in processes."""
+run with spark-pipelines (first load, nothing new, one new file, a full refresh, through one long-lived
+Spark Connect server), plus the server's bookkeeping (stop, a dead server replaced, watchdog, in-process runs
+stopping it first) on stand-in processes."""
 
 from __future__ import annotations
 
@@ -208,11 +208,12 @@ class Stage:
 
 
 class Sequence:
-    """One build folder through five runs, in order: first load, nothing new, one new file, the server
-    killed before a run, a full refresh. ``stage(name)`` runs whatever earlier runs it needs first, so
-    each test below works alone, in any order (a stage that failed fails every later one)."""
+    """One build folder through four runs, in order: first load, nothing new, one new file, a full refresh.
+    ``stage(name)`` runs whatever earlier runs it needs first, so each test below works alone, in any order
+    (a stage that failed fails every later one). A server SIGKILLed and replaced (a second JVM start) is in
+    tests/test_pipeline_faults.py; the branch for a server killed between runs, without Spark, below."""
 
-    STAGES = ("first", "no_new_data", "new_file", "server_killed", "full_refresh")
+    STAGES = ("first", "no_new_data", "new_file", "full_refresh")
 
     def __init__(self, build: Path, source: Path):
         self.build, self.source = build, source
@@ -267,7 +268,7 @@ class Sequence:
                 assert events.index((upstream, "COMPLETED")) < events.index((flow, "STARTING")), (flow, upstream)
         return result
 
-    # --- the five runs ---
+    # --- the four runs ---
     def first(self) -> lp.PipelineRun:
         """Notebook 00's warm-up and the first run start the build folder's server at the same time."""
         assert lp.warm_up_pipeline_server(self.build, pipeline_dir=PIPELINE_DIR, echo=None)
@@ -312,10 +313,6 @@ class Sequence:
                 rec("evt-c3", Child_Labor_Rate_Percent="250"),
             ],
         )
-        return self.run()
-
-    def server_killed(self) -> lp.PipelineRun:
-        os.kill(self.server_pid, signal.SIGKILL)  # no clean shutdown: Derby recovers its metastore
         return self.run()
 
     def full_refresh(self) -> lp.PipelineRun:
@@ -410,19 +407,12 @@ def test_e2e_new_file_flows_through_alone(e2e):
     assert ("South Asia", 2016) in set(zip(regions["Region"], regions["Year"], strict=True))
 
 
-def test_e2e_killed_server_is_replaced_and_sees_the_tables(e2e):
-    fourth = e2e.stage("server_killed")
-    assert fourth.result.server == "started" and fourth.result.server_pid != fourth.previous_server
-    assert fourth.servers == [fourth.result.server_pid]
-    assert_same_tables(fourth.after, fourth.before)
-
-
 def test_e2e_full_refresh_rebuilds_the_same_tables(e2e):
-    fifth = e2e.stage("full_refresh")
-    assert (fifth.result.server, fifth.result.server_pid) == ("reused", fifth.previous_server)
-    assert_same_tables(fifth.after, fifth.before)
-    bronze = fifth.tables["bronze_events"]
-    assert (bronze["_ingested_at"] > fifth.ingested_before).all(), "every file was read again"
+    fourth = e2e.stage("full_refresh")
+    assert (fourth.result.server, fourth.result.server_pid) == ("reused", fourth.previous_server)
+    assert_same_tables(fourth.after, fourth.before)
+    bronze = fourth.tables["bronze_events"]
+    assert (bronze["_ingested_at"] > fourth.ingested_before).all(), "every file was read again"
 
 
 def test_one_run_at_a_time_per_build_folder(tmp_path):
@@ -692,6 +682,39 @@ def test_a_start_whose_port_was_taken_is_retried_on_a_new_port(tmp_path, monkeyp
         assert f"did not bind port {taken} (another process holds it); attempt 1 of 3" in capsys.readouterr().out
     finally:
         thief.close()
+        stop_processes(servers)
+
+
+def test_a_server_killed_between_runs_is_forgotten_and_a_new_one_started(tmp_path, monkeypatch, capsys, fake_servers):
+    """The discovery file names a server SIGKILLed since the last run (no process left): the next run says so,
+    drops the dead server's files and starts a new one instead of trying to reuse it. The real replacement (a
+    new JVM that finds the tables) is tests/test_pipeline_faults.py's server killed mid-run."""
+    lakehouse = lp.lakehouse_dir(tmp_path).resolve()
+    dead = fake_servers(tmp_path)
+    discovery = write_discovery(tmp_path, dead.pid)
+    (discovery.parent / lp_server.SERVER_STATE).write_text(json.dumps({"pid": dead.pid, "fingerprint": "x"}))
+    (discovery.parent / "spark-root-connect-1.pid").write_text(str(dead.pid))
+    dead.kill()  # SIGKILL: nothing cleans up after it
+    dead.wait(timeout=DEADLINE)
+    left_at_start: list[list[str]] = []
+    servers: list[subprocess.Popen] = []
+
+    def start(master, opts):  # what pyspark's start does: launch the server, record it, return its url
+        left_at_start.append(sorted(p.name for p in discovery.parent.iterdir() if not p.name.endswith(".lock")))
+        port = int(opts["spark.local.connect.server.port"])
+        argv = [sys.executable, "-c", LISTENER, str(port), f"-D{lp.SERVER_MARKER}={lakehouse}", lp.SERVER_CLASS]
+        servers.append(subprocess.Popen(argv, stderr=subprocess.DEVNULL))
+        discovery.write_text(json.dumps({"host": "127.0.0.1", "port": port, "token": "t", "pid": servers[-1].pid}))
+        return f"sc://127.0.0.1:{port}"
+
+    monkeypatch.setattr("pyspark.sql.connect.local_server.reuse_or_start_local_connect_server", start)
+    try:
+        lp_server._reuse_or_start({}, lakehouse, discovery)
+        assert f"Spark Connect server: pid {dead.pid} is gone, starting a new one" in capsys.readouterr().out
+        assert left_at_start == [[]]  # its discovery, pid and state files: forgotten before the start
+        assert len(servers) == 1 and lp.server_pids(tmp_path) == [servers[0].pid]
+        assert json.loads((discovery.parent / lp_server.SERVER_STATE).read_text())["pid"] == servers[0].pid
+    finally:
         stop_processes(servers)
 
 

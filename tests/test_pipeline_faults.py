@@ -4,7 +4,7 @@
    again with new records, the mirror drops the earlier stack's objects and the next run rebuilds
    the tables from the new ones (bronze = what S3 holds, not old + new);
 2. the Spark Connect server SIGKILLed in the middle of a run: the run stops within seconds saying
-   so (not after the 15-minute timeout), and the next run starts a new server and passes.
+   so (not after the 15-minute timeout), and the next run starts a new server that finds the tables.
 """
 
 from __future__ import annotations
@@ -140,10 +140,12 @@ def test_a_spark_server_killed_mid_run_fails_the_run_fast_and_the_next_run_recov
     assert took < DEADLINE, f"the run noticed only after {took:.0f} s (its timeout is {lp.DEFAULT_TIMEOUT} s)"
     assert lp.server_pids(lab["build"]) == []
 
-    result = run(lab)  # "run the cell again"
+    result = run(lab)  # "run the cell again": a new server (no clean shutdown: Derby recovers its metastore)
     assert result.server == "started" and result.server_pid != killed["pid"]
+    assert lp.server_pids(lab["build"]) == [result.server_pid]
     assert set(result.flows.values()) == {"COMPLETED"}
-    assert lp.table_rows(lab["build"], lp.BRONZE_TABLE) == 4
+    assert lp.table_rows(lab["build"], lp.BRONZE_TABLE) == 4  # the tables of before, found again: none doubled
+    assert set(lp.read_table(lab["build"], lp.SILVER_TABLE, ["event_id"])["event_id"]) == followed["new_ids"]
 
 
 def test_the_runner_watches_the_server_it_announced(tmp_path):
