@@ -95,9 +95,11 @@ dbutils = _DbUtils()
 '''
 
 
+@pytest.mark.parametrize("edition", ["", "es"], ids=["en", "es"])
 @pytest.mark.parametrize("number", ["06", "07", "08", "09"])
-def test_the_setup_cell_finds_the_package_in_an_imported_repository(number, tmp_path):
-    """Inside Databricks nothing is installed: the set-up cell imports the lab's package from ../src."""
+def test_the_setup_cell_finds_the_package_in_an_imported_repository(number, edition, tmp_path):
+    """Inside Databricks nothing is installed: the set-up cell imports the lab's package from the repository's
+    src/, found from the notebook's folder up (notebooks/ or notebooks/es/: the Spanish cell is the same code)."""
     import shutil
     import subprocess
     import sys
@@ -109,7 +111,7 @@ def test_the_setup_cell_finds_the_package_in_an_imported_repository(number, tmp_
     for part in ("notebooks", "src", "databricks", "aws-policy"):
         shutil.copytree(repo / part, imported / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(repo / "pyproject.toml", imported)
-    [notebook] = (imported / "notebooks").glob(f"{number}_*.ipynb")
+    [notebook] = (imported / "notebooks" / edition).glob(f"{number}_*.ipynb")
     cells = nbformat.read(notebook, as_version=4).cells
     parameters = next(c.source for c in cells if "parameters" in c.metadata.get("tags", []))
     [setup] = [c.source for c in cells if SETUP_MARK in c.source]
