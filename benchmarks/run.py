@@ -13,6 +13,7 @@
 8. the pipeline's overhead: a first and a second pipeline run on the shipped sample with the lab's Spark
    settings vs Spark's defaults for them (wall time and the Spark server's CPU)
 9. make test's class archive: the time to make it, and a server's first and second run with and without it
+10. an idle local stack's CPU: moto + the local Firehose service, one delivery stream, nothing put
 
 Starts its own local stack (state under build/bench/stack, stopped at the end), prints every figure
 with its target and PASS/FAIL, and writes build/bench/results.json (--quick: results-quick.json; with
@@ -44,6 +45,7 @@ import bench_6_fresh_setup
 import bench_7_put_records_limit
 import bench_8_pipeline_overhead
 import bench_9_class_archive
+import bench_10_idle_stack
 from common import BENCH, REGION, REPO, RESULTS_JSON, RESULTS_QUICK_JSON, load, machine, say, verdict
 
 # number -> (title, the benchmark, whether it needs the local stack)
@@ -57,6 +59,7 @@ BENCHMARKS = {
     7: ("The stack's limit: a bare put_records loop", bench_7_put_records_limit.bench_put_records_limit, True),
     8: ("The pipeline's overhead", bench_8_pipeline_overhead.bench_pipeline_overhead, False),
     9: ("make test's class archive", bench_9_class_archive.bench_class_archive, False),
+    10: ("An idle local stack", bench_10_idle_stack.bench_idle_stack, True),
 }
 
 

@@ -346,3 +346,45 @@ def test_update_destination_changes_prefix_and_version_in_key(aws_clients, local
         objects
     )
     assert sorted(lines_of(read_objects(aws_clients, bucket, "bronze/"))) == sorted(first)  # nothing else there
+
+
+def test_a_poll_says_whether_it_has_work(aws_clients, tmp_path):
+    """What the service's idle backoff goes by: a poll has work while records are read, buffered or waiting to be
+    written. A second reader with checkpoints of its own (the session's service delivers these records too)."""
+    from kinesis_lab.local.firehose.service import Service
+
+    bucket, stream, name = "fh-busy-bucket", "fh-busy-stream", "fh-busy"
+    arn = make_source(aws_clients, stream, bucket)
+    make_delivery_stream(aws_clients, name, arn, bucket, buffer_interval_seconds=0)
+    service = Service(tmp_path)
+    assert service.poll() is False  # the delivery stream found, its shards read: nothing in them
+    put_lines(aws_clients, stream, "busy", 3)
+    assert service.poll() is True  # read, and written (interval 0): it had work
+    assert service.poll() is False  # nothing new since
+    assert service.loops[name].buffer.records == [] and not service.loops[name].pending
+
+
+def test_an_idle_service_polls_less_often_and_work_brings_the_interval_back():
+    from kinesis_lab.local.firehose import service as fh
+
+    assert [fh.next_poll_in(0.2, n) for n in range(9)] == [0.2] * 5 + [0.4, 0.8, 1.0, 1.0]
+    assert fh.next_poll_in(2.0, 50) == 2.0  # never below the configured interval
+    scripted = iter([False] * 8 + [True] + [False] * 2)
+    waits: list[float] = []
+
+    class Scripted(fh.Service):
+        def __init__(self):  # no clients: poll is scripted
+            self.warn = fh.RateLimitedLog()
+
+        def poll(self) -> bool:
+            return next(scripted)
+
+    class Stop:
+        def is_set(self) -> bool:
+            return len(waits) == 11
+
+        def wait(self, seconds: float) -> None:
+            waits.append(round(seconds, 3))
+
+    Scripted().run(Stop(), 0.2)
+    assert waits == [0.2] * 4 + [0.4, 0.8, 1.0, 1.0] + [0.2] + [0.2] * 2
