@@ -631,6 +631,15 @@ def test_a_server_that_does_not_answer_is_detected(tmp_path):
 LISTENER = "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); time.sleep(600)"
 
 
+def start_listening_server(lakehouse: Path, discovery: Path, port: int, servers: list[subprocess.Popen]) -> str:
+    """What pyspark's start does, with a stand-in: a process marked as the lakehouse's server listening on ``port``,
+    recorded in ``discovery`` (and appended to ``servers``); returns its url."""
+    argv = [sys.executable, "-c", LISTENER, str(port), f"-D{lp.SERVER_MARKER}={lakehouse}", lp.SERVER_CLASS]
+    servers.append(subprocess.Popen(argv, stderr=subprocess.DEVNULL))
+    discovery.write_text(json.dumps({"host": "127.0.0.1", "port": port, "token": "t", "pid": servers[-1].pid}))
+    return f"sc://127.0.0.1:{port}"
+
+
 def test_listens_on_tells_which_process_holds_a_listening_port(tmp_path):
     with socket.socket() as mine:
         mine.bind(("127.0.0.1", 0))
@@ -665,11 +674,7 @@ def test_a_start_whose_port_was_taken_is_retried_on_a_new_port(tmp_path, monkeyp
     servers: list[subprocess.Popen] = []
 
     def start(master, opts):  # what pyspark's start does: launch the server, record it, return its url
-        port = int(opts["spark.local.connect.server.port"])
-        argv = [sys.executable, "-c", LISTENER, str(port), f"-D{lp.SERVER_MARKER}={lakehouse}", lp.SERVER_CLASS]
-        servers.append(subprocess.Popen(argv, stderr=subprocess.DEVNULL))
-        discovery.write_text(json.dumps({"host": "127.0.0.1", "port": port, "token": "t", "pid": servers[-1].pid}))
-        return f"sc://127.0.0.1:{port}"
+        return start_listening_server(lakehouse, discovery, int(opts["spark.local.connect.server.port"]), servers)
 
     monkeypatch.setattr("pyspark.sql.connect.local_server.reuse_or_start_local_connect_server", start)
     try:
@@ -701,11 +706,7 @@ def test_a_server_killed_between_runs_is_forgotten_and_a_new_one_started(tmp_pat
 
     def start(master, opts):  # what pyspark's start does: launch the server, record it, return its url
         left_at_start.append(sorted(p.name for p in discovery.parent.iterdir() if not p.name.endswith(".lock")))
-        port = int(opts["spark.local.connect.server.port"])
-        argv = [sys.executable, "-c", LISTENER, str(port), f"-D{lp.SERVER_MARKER}={lakehouse}", lp.SERVER_CLASS]
-        servers.append(subprocess.Popen(argv, stderr=subprocess.DEVNULL))
-        discovery.write_text(json.dumps({"host": "127.0.0.1", "port": port, "token": "t", "pid": servers[-1].pid}))
-        return f"sc://127.0.0.1:{port}"
+        return start_listening_server(lakehouse, discovery, int(opts["spark.local.connect.server.port"]), servers)
 
     monkeypatch.setattr("pyspark.sql.connect.local_server.reuse_or_start_local_connect_server", start)
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from kinesis_lab.course.translations import english_notebooks
 from kinesis_lab.local import pipeline as local_pipeline
 from kinesis_lab.local import stack
 
@@ -38,7 +39,7 @@ def nbval_build(tmp_path_factory, private_stacks, pipeline_builds):
     local_pipeline.stop_pipeline_server(build)
 
 
-ENGLISH = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))  # 00 ... 09, 99: the series' order
+ENGLISH = english_notebooks(REPO)  # 00 ... 09, 99: the series' order
 
 
 def nbval(notebooks: list[Path], build: Path) -> subprocess.CompletedProcess:
