@@ -40,6 +40,7 @@ def failure(tmp_path, number: str) -> tuple[papermill.PapermillExecutionError, l
 @pytest.mark.parametrize(("number", "message"), [
     ("05", f"bucket {BUCKET} does not exist: run 01_iam_role_and_bucket first"),
     ("04", "stream jm-demo-kinesis-lab does not exist: run 02_kinesis_stream first"),
+    ("06", f"bucket {BUCKET} does not exist: run 01_iam_role_and_bucket first"),
 ])  # fmt: skip
 def test_a_notebook_on_a_fresh_stack_stops_with_one_line(fresh_stack, tmp_path, number, message):
     err, errors = failure(tmp_path, number)
