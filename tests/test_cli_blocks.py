@@ -6,6 +6,8 @@ its blocks: a block re-run after its cell must find what the cell made and keep 
 
 Blocks that need Spark (07's `kinesis-lab pipeline`) run only with LAB_CLI_BLOCKS_SPARK=1: the command is the
 pipeline cells' code, tested by tests/test_local_pipeline.py; here it would add a Spark server's start per order.
+Without them nothing here uses Spark, so 00's cells run with KINESIS_LAB_WARM_UP=0: its background Spark server would
+start and be torn down by 99 unused (~20 s of CPU). nbval and the demo run 00 with the warm-up, and 07 then uses it.
 """
 
 from __future__ import annotations
@@ -60,10 +62,14 @@ def aws_cli():
     return found
 
 
+def spark_blocks() -> bool:
+    return os.environ.get("LAB_CLI_BLOCKS_SPARK") == "1"
+
+
 def blocks(notebook: Path) -> list[str]:
     nb = nbformat.read(notebook, as_version=4)
     found = [b for c in nb.cells if c.cell_type == "markdown" for b in BASH.findall(c.source)]
-    if os.environ.get("LAB_CLI_BLOCKS_SPARK") != "1":
+    if not spark_blocks():
         found = [b for b in found if SPARK not in b]
     return found
 
@@ -89,6 +95,8 @@ def make_root(tmp_path: Path, name: str, private_stacks, aws_cli: str) -> tuple[
                 "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"), "AWS_PAGER": "",
                 "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
                 "PATH": os.pathsep.join([str(tools), os.environ["PATH"]])})
+    if not spark_blocks():
+        env["KINESIS_LAB_WARM_UP"] = "0"  # no Spark here (see the module's docstring)
     return folder, env
 
 
