@@ -6,7 +6,7 @@ its blocks: a block re-run after its cell must find what the cell made and keep 
 
 Blocks that need Spark (07's `kinesis-lab pipeline`) run only with LAB_CLI_BLOCKS_SPARK=1: the command is the
 pipeline cells' code, tested by tests/test_local_pipeline.py; here it would add a Spark server's start per order.
-Without them nothing here uses Spark, so 00's cells run with KINESIS_LAB_WARM_UP=0: its background Spark server would
+Without them nothing here uses Spark, so both terminals have KINESIS_LAB_WARM_UP=0: 00's background Spark server would
 start and be torn down by 99 unused (~20 s of CPU). nbval and the demo run 00 with the warm-up, and 07 then uses it.
 """
 
@@ -25,6 +25,7 @@ import nbformat
 import pytest
 
 from kinesis_lab.local import stack
+from kinesis_lab.local.pipeline.warmup import WARM_UP_ENV
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.slow]  # notebooks 00-05 and 99 run (cells then CLI); ~2.5 min
 
@@ -96,7 +97,7 @@ def make_root(tmp_path: Path, name: str, private_stacks, aws_cli: str) -> tuple[
                 "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
                 "PATH": os.pathsep.join([str(tools), os.environ["PATH"]])})
     if not spark_blocks():
-        env["KINESIS_LAB_WARM_UP"] = "0"  # no Spark here (see the module's docstring)
+        env[WARM_UP_ENV] = "0"  # no Spark here (see the module's docstring)
     return folder, env
 
 
