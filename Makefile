@@ -8,13 +8,14 @@ STAMP := $(VENV)/.installed-stamp
 LAB_LANG ?=
 export LAB_LANG
 
-.PHONY: help install lock test-latest demo test test-under-load lint unit nbval lab up down status doctor notebooks \
+.PHONY: help install lock test-latest demo test test-notebooks test-all test-under-load lint unit nbval lab up down status doctor notebooks \
 	bench clean translations translations-check book
 
 help:
 	@echo "make demo [DATASET=path.csv] [FAILURE_RATE=0.3]  run the whole series locally, write build/run-summary.json"
-	@echo "make test                                         ruff + the whole pytest suite (stack, Spark, notebooks)"
-	@echo "make unit | test-under-load                       no Java needed | make test 3x beside two CPU hogs"
+	@echo "make test                                         ruff + the suite but the notebook series (~5 min)"
+	@echo "make test-notebooks | test-all                    the 15 notebook-series tests | both (what CI runs)"
+	@echo "make unit | test-under-load                       no Java needed | make test-all 3x beside two CPU hogs"
 	@echo "make bench [BENCH_ARGS=\"--quick | --only 1 2 | --fresh-setup\"]  performance figures -> build/bench/results.json"
 	@echo "make lock | test-latest                           refresh requirements/lock.txt | the suite on the newest versions"
 	@echo "make lab | up | down | status | doctor | notebooks | clean"
@@ -56,7 +57,7 @@ test-latest: install
 	$(UV) pip freeze --python $(LATEST_VENV)/bin/python > build/latest-versions.txt
 	@$(PYTHON) requirements/newer_than_lock.py $(LOCK) build/latest-versions.txt
 	@touch $(LATEST_VENV)/.installed-stamp
-	$(MAKE) test VENV=$(LATEST_VENV)
+	$(MAKE) test-all VENV=$(LATEST_VENV)
 
 demo: install
 	$(BIN)/kinesis-lab demo $(if $(DATASET),--dataset "$(abspath $(DATASET))") $(if $(FAILURE_RATE),--simulated-failure-rate $(FAILURE_RATE)) $(if $(LAB_LANG),--lang $(LAB_LANG))
@@ -69,9 +70,16 @@ XDIST_ARGS ?= -n 2 --dist loadgroup --no-loadscope-reorder
 CLASS_ARCHIVE ?= build/spark-class-archive
 ARCHIVE_ENV = KINESIS_LAB_SPARK_CLASS_ARCHIVE=$(if $(CLASS_ARCHIVE),$$($(BIN)/python -m kinesis_lab.local.pipeline.spark_cli class-archive $(CLASS_ARCHIVE)))
 
-# the committed notebooks' nbval run is one of the suite's tests (tests/test_nbval.py), on a worker of its own
+# The suite in two parts, both on two workers. `make test`, the developer loop (~5 min on 2 cores): everything but the
+# tests marked `notebooks`, the 15 that run a notebook series (nbval, the Spanish demo, the CLI blocks, Databricks
+# mode, the AWS target). `make test-notebooks` (~5 min): those 15. CI (.ci/run) runs both, `make test-all` too.
 test: install lint
-	$(ARCHIVE_ENV) $(BIN)/python -m pytest tests $(XDIST_ARGS) $(PYTEST_ARGS)
+	$(ARCHIVE_ENV) $(BIN)/python -m pytest tests $(XDIST_ARGS) -m "not notebooks" $(PYTEST_ARGS)
+
+test-notebooks: install
+	$(ARCHIVE_ENV) $(BIN)/python -m pytest tests $(XDIST_ARGS) -m notebooks $(PYTEST_ARGS)
+
+test-all: test test-notebooks
 
 lint: install
 	$(BIN)/ruff check .
@@ -79,12 +87,13 @@ lint: install
 unit: install
 	$(BIN)/python -m pytest tests -m "not spark and not notebooks" $(PYTEST_ARGS)
 
-# `make test` three times in a row with two CPU-bound processes alongside (the README's robustness check)
+# the whole suite (`make test-all`) three times in a row with two CPU-bound processes alongside (the README's
+# robustness check)
 test-under-load: install
 	@yes > /dev/null & hog1=$$!; yes > /dev/null & hog2=$$!; trap 'kill $$hog1 $$hog2' EXIT; \
 	for run in 1 2 3; do \
-	  echo "== make test, run $$run of 3, with two CPU-bound processes alongside (pids $$hog1 $$hog2)"; \
-	  started=$$(date +%s); $(MAKE) test || { echo "== run $$run FAILED"; exit 1; }; \
+	  echo "== make test-all, run $$run of 3, with two CPU-bound processes alongside (pids $$hog1 $$hog2)"; \
+	  started=$$(date +%s); $(MAKE) test-all || { echo "== run $$run FAILED"; exit 1; }; \
 	  echo "== run $$run passed in $$(( $$(date +%s) - started )) s"; \
 	done
 
