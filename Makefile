@@ -14,7 +14,7 @@ export LAB_LANG
 help:
 	@echo "make demo [DATASET=path.csv] [FAILURE_RATE=0.3]  run the whole series locally, write build/run-summary.json"
 	@echo "make test                                         ruff + the suite but the notebook series (~5 min)"
-	@echo "make test-notebooks | test-all                    the 15 notebook-series tests | both (what CI runs)"
+	@echo "make test-notebooks | test-all                    the tests that run or show notebooks | both (what CI runs)"
 	@echo "make unit | test-under-load                       no Java needed | make test-all 3x beside two CPU hogs"
 	@echo "make bench [BENCH_ARGS=\"--quick | --only 1 2 | --fresh-setup\"]  performance figures -> build/bench/results.json"
 	@echo "make lock | test-latest                           refresh requirements/lock.txt | the suite on the newest versions"
@@ -70,9 +70,10 @@ XDIST_ARGS ?= -n 2 --dist loadgroup --no-loadscope-reorder
 CLASS_ARCHIVE ?= build/spark-class-archive
 ARCHIVE_ENV = KINESIS_LAB_SPARK_CLASS_ARCHIVE=$(if $(CLASS_ARCHIVE),$$($(BIN)/python -m kinesis_lab.local.pipeline.spark_cli class-archive $(CLASS_ARCHIVE)))
 
-# The suite in two parts, both on two workers. `make test`, the developer loop (~5 min on 2 cores): everything but the
-# tests marked `notebooks`, the 15 that run a notebook series (nbval, the Spanish demo, the CLI blocks, Databricks
-# mode, the AWS target). `make test-notebooks` (~5 min): those 15. CI (.ci/run) runs both, `make test-all` too.
+# The suite in two parts, both on two workers. `make test`, the developer loop (~4.5 min on 2 cores): every test not
+# marked `notebooks`. `make test-notebooks` (~5.5 min): the 25 that run notebooks in a kernel (nbval, the Spanish
+# demo, the CLI blocks, Databricks mode, the AWS target, single notebooks) or show them in a browser (JupyterLab, the
+# book). CI (.ci/run) runs both, and so do test-all, test-latest and test-under-load (tests/test_suite_split.py).
 test: install lint
 	$(ARCHIVE_ENV) $(BIN)/python -m pytest tests $(XDIST_ARGS) -m "not notebooks" $(PYTEST_ARGS)
 

@@ -78,6 +78,7 @@ def test_language_switch_links_each_page_to_its_translation(site):
     assert "notebooks/03_firehose_delivery_stream.html" in es and "English" in es
 
 
+@pytest.mark.notebooks  # the pages in a browser: make test-notebooks
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed")
 def test_pages_load_in_headless_chromium_without_console_errors(site, tmp_path):
     """Served over HTTP on 127.0.0.1 (the search index is fetched with XMLHttpRequest, which file:// refuses)."""

@@ -152,6 +152,7 @@ def jupyterlab(tmp_path):
     assert proc.poll() is not None
 
 
+@pytest.mark.notebooks  # a real JupyterLab: make test-notebooks
 def test_the_printed_url_opens_00_not_the_launcher(jupyterlab, tmp_path):
     base, token, _ = jupyterlab
     printed = (tmp_path / "jupyterlab.log").read_text()
@@ -160,6 +161,7 @@ def test_the_printed_url_opens_00_not_the_launcher(jupyterlab, tmp_path):
     assert status == 200 and kind.startswith("text/html")
 
 
+@pytest.mark.notebooks  # a real JupyterLab: make test-notebooks
 def test_jupyterlab_serves_every_image_of_every_notebook(jupyterlab):
     base, token, runtime = jupyterlab
     # the server's root is the repository: the notebooks sit in notebooks/, next to images/

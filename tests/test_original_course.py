@@ -108,6 +108,7 @@ def test_a_row_no_csv_line_has_stays_unrecognised(tmp_path):
     assert content_key(["x", "12.50", "", "NaN"]) == content_key(["x", 12.5, float("nan"), None])
 
 
+@pytest.mark.notebooks  # runs notebook 05 in a kernel: make test-notebooks
 def test_notebook_05_reconciles_the_original_producers_records(private_stack_dir, tmp_path, monkeypatch):
     """The original producer instead of 04 (nothing in the run summary), then 05 given the file it sent: 05 finds
     every row in S3 by content, says so in one line, and passes."""

@@ -13,6 +13,7 @@ from kinesis_lab.local import stack
 REPO = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"
 BUCKET = "jm-demo-s3-lab-123456789012-us-east-1"
+pytestmark = pytest.mark.notebooks  # every test runs a notebook in a kernel: make test-notebooks
 
 
 @pytest.fixture

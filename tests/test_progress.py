@@ -138,6 +138,7 @@ def stored_texts(cell) -> list[str]:
     return texts
 
 
+@pytest.mark.notebooks  # runs a notebook in a kernel: make test-notebooks
 def test_executed_notebook_stores_the_final_state(tmp_path):
     rows = RecordReader(SAMPLE_PATH).data_lines
     nb = run_notebook(
