@@ -13,7 +13,7 @@ export LAB_LANG
 
 help:
 	@echo "make demo [DATASET=path.csv] [FAILURE_RATE=0.3]  run the whole series locally, write build/run-summary.json"
-	@echo "make test                                         ruff + the suite but the notebook series (~5 min)"
+	@echo "make test                                         ruff + the suite but the tests that run or show notebooks (~4.5 min)"
 	@echo "make test-notebooks | test-all                    the tests that run or show notebooks | both (what CI runs)"
 	@echo "make unit | test-under-load                       no Java needed | make test-all 3x beside two CPU hogs"
 	@echo "make bench [BENCH_ARGS=\"--quick | --only 1 2 | --fresh-setup\"]  performance figures -> build/bench/results.json"
